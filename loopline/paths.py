@@ -1,0 +1,90 @@
+"""Where every artifact lives. The one module that knows the layout of the project's data and reports."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+
+
+def project_root() -> Path:
+    """The project root: $LOOPLINE_ROOT if set, else the working directory (DVC runs stages from there)."""
+    return Path(os.environ.get("LOOPLINE_ROOT", Path.cwd())).resolve()
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    root: Path
+
+    @classmethod
+    def here(cls) -> "ProjectPaths":
+        return cls(project_root())
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def schemas_dir(self) -> Path:
+        return self.root / "schemas"
+
+    # --- data (DVC-managed) ---
+    @property
+    def external_dir(self) -> Path:
+        """User-supplied source files (track them with `dvc add`)."""
+        return self.root / "data" / "external"
+
+    @property
+    def batches_dir(self) -> Path:
+        """New labeled batches (CSV or Parquet) appended to the source at ingest."""
+        return self.external_dir / "batches"
+
+    @property
+    def raw_snapshot(self) -> Path:
+        return self.root / "data" / "raw" / "snapshot.parquet"
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    def split(self, name: str) -> Path:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return self.prepared_dir / f"{name}.parquet"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.prepared_dir / "quarantine.parquet"
+
+    @property
+    def preprocessing_stats(self) -> Path:
+        return self.prepared_dir / "stats.json"
+
+    @property
+    def prepared_schema(self) -> Path:
+        """The schema the prepared data was validated against, frozen beside it."""
+        return self.prepared_dir / "schema.json"
+
+    # --- reports ---
+    @property
+    def data_reports_dir(self) -> Path:
+        return self.root / "reports" / "data"
+
+    @property
+    def data_metrics(self) -> Path:
+        return self.data_reports_dir / "metrics.json"
+
+    @property
+    def data_report_json(self) -> Path:
+        return self.data_reports_dir / "report.json"
+
+    @property
+    def data_report_html(self) -> Path:
+        return self.data_reports_dir / "report.html"
+
+    # --- tool state (git-ignored) ---
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".state"

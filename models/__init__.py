@@ -1,0 +1,1 @@
+"""PyTorch models, training, evaluation and export."""

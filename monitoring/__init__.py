@@ -1,0 +1,1 @@
+"""Drift and performance monitoring of served traffic, and alerts."""

@@ -1,0 +1,151 @@
+"""Shared fixtures: a real Loopline project (git + DVC) in a temporary directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# What a project needs to run its pipeline: the map, the knobs, the schemas and the stage code.
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "schemas", "dataprep", "loopline", ".dvcignore", "data/external"]
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class Project:
+    """A throw-away Loopline checkout with its own git repository, DVC cache and DVC remote."""
+
+    def __init__(self, root: Path, remote: Path) -> None:
+        self.root = root
+        self.remote = remote
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["DVC_SITE_CACHE_DIR"] = str(self.root / ".state" / "dvc-site-cache")
+        env["DVC_NO_ANALYTICS"] = "1"
+        env.pop("LOOPLINE_ROOT", None)
+        return env
+
+    def run(self, *args: str, check: bool = True) -> CommandResult:
+        proc = subprocess.run(list(args), cwd=self.root, env=self.env(), capture_output=True, text=True)
+        result = CommandResult(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{result.output}")
+        return result
+
+    def dvc(self, *args: str, check: bool = True) -> CommandResult:
+        return self.run(str(Path(sys.executable).parent / "dvc"), *args, check=check)
+
+    def git(self, *args: str) -> CommandResult:
+        return self.run("git", *args)
+
+    def commit(self, message: str) -> None:
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+
+    def set_params(self, **sections: dict) -> None:
+        """Merge settings into params.yaml, e.g. set_params(data={"source": "acs"})."""
+        path = self.root / "params.yaml"
+        params = yaml.safe_load(path.read_text())
+        for section, values in sections.items():
+            if isinstance(values, dict):
+                params.setdefault(section, {}).update(values)
+            else:
+                params[section] = values
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def read_parquet(self, relative: str) -> pd.DataFrame:
+        return pd.read_parquet(self.root / relative)
+
+    def fingerprint(self, *relatives: str) -> dict[str, str]:
+        """Content hash of every file under the given paths: to show that outputs were left untouched."""
+        out = {}
+        for relative in relatives:
+            base = self.root / relative
+            files = sorted(base.rglob("*")) if base.is_dir() else [base]
+            for f in files:
+                if f.is_file():
+                    out[str(f.relative_to(self.root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+        return out
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, root / name)
+    proj = Project(root, remote=tmp_path / "dvc-remote")
+    proj.git("init", "-q", "-b", "main")
+    proj.git("config", "user.email", "tests@loopline.invalid")
+    proj.git("config", "user.name", "Loopline tests")
+    proj.dvc("init", "-q")
+    proj.dvc("config", "core.analytics", "false")
+    proj.dvc("remote", "add", "-d", "local", str(proj.remote))
+    proj.commit("a fresh Loopline project")
+    return proj
+
+
+OUTPUTS = ("data/raw", "data/prepared", "reports/data")
+
+
+def sensor_frame(rows: int = 300, seed: int = 0) -> pd.DataFrame:
+    """A small, valid dataset in the shape of schemas written by users (see sensor_schema)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range("2024-01-01", periods=rows, freq="h")
+    site = rng.choice(["north", "south", "east"], size=rows)
+    temp = rng.uniform(0, 40, size=rows).round(2)
+    load = (50 + 2 * temp + rng.normal(0, 5, size=rows)).clip(0).round(1)
+    return pd.DataFrame({"ts": ts.strftime("%Y-%m-%d %H:%M:%S"), "site": site, "temp": temp, "load": load})
+
+
+SENSOR_SCHEMA = {
+    "name": "sensors",
+    "task": "regression",
+    "target": "load",
+    "time_column": "ts",
+    "columns": {
+        "ts": {"kind": "datetime"},
+        "site": {"kind": "categorical", "categories": ["north", "south", "east"]},
+        "temp": {"kind": "numeric", "min": -30, "max": 60},
+        "load": {"kind": "numeric", "min": 0},
+    },
+}
+
+
+@pytest.fixture
+def sensor_project(project: Project) -> Project:
+    """A project whose source is a user's CSV file described by a user's schema."""
+    (project.root / "schemas" / "sensors.yaml").write_text(yaml.safe_dump(SENSOR_SCHEMA, sort_keys=False))
+    sensor_frame().to_csv(project.root / "data/external/sensors.csv", index=False)
+    project.set_params(data={"source": "file", "path": "data/external/sensors.csv", "schema": "schemas/sensors.yaml"})
+    project.commit("use the sensors CSV")
+    return project
