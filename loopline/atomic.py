@@ -25,7 +25,8 @@ class StagedOutputs:
     def path(self, final: Path, *, directory: bool = False) -> Path:
         final = Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp-{self._token}")
+        # The suffix stays last: writers such as matplotlib pick the format from it.
+        tmp = final.with_name(f".{final.stem}.tmp-{self._token}{final.suffix}")
         if directory:
             tmp.mkdir()
         self._staged[final] = tmp

@@ -59,12 +59,71 @@ class PrepareParams(_Section):
     """Stop the stage when more than this share of rows is invalid (they are quarantined either way)."""
 
 
+RECIPE_CHECKS = ("loss_at_init", "overfit_one_batch", "input_independent_baseline", "gradients")
+
+
+class ModelParams(_Section):
+    hidden: list[int] = Field(default=[128, 128], min_length=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    embedding_dim: int | None = Field(default=None, ge=1)
+    """None: sized from each vocabulary."""
+    target_transform: Literal["auto", "none", "standardize", "log1p"] = "auto"
+
+
+class LRRangeParams(_Section):
+    min_lr: float = Field(default=1e-7, gt=0)
+    max_lr: float = Field(default=1.0, gt=0)
+    steps: int = Field(default=100, ge=10)
+
+
+class ChecksParams(_Section):
+    skip: list[str] = []
+    """Recipe checks to skip, by name; each skip is recorded with the model."""
+    init_loss_tolerance: float = Field(default=0.25, gt=0)
+    overfit_batch_size: int = Field(default=16, ge=2)
+    overfit_steps: int = Field(default=500, ge=10)
+    overfit_target: float = Field(default=0.05, gt=0)
+    """The one-batch loss must fall below this fraction of its initial value."""
+    baseline_steps: int = Field(default=300, ge=10)
+    baseline_margin: float = Field(default=0.05, ge=0)
+    """Real inputs must reach a validation loss at least this fraction below zeroed inputs'."""
+
+    @model_validator(mode="after")
+    def _known_checks(self) -> "ChecksParams":
+        unknown = sorted(set(self.skip) - set(RECIPE_CHECKS))
+        if unknown:
+            raise ValueError(f"unknown check(s) {unknown} in train.checks.skip; the checks are {list(RECIPE_CHECKS)}")
+        return self
+
+
+class TrainParams(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 autocast on a CUDA device that supports it, else fp16 with a grad scaler; fp32 on CPU."""
+    epochs: int = Field(default=40, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float | Literal["auto"] = 3e-4
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    schedule: Literal["constant", "warmup_cosine", "one_cycle", "cyclic"] = "warmup_cosine"
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    grad_clip_norm: float | None = Field(default=1.0, gt=0)
+    patience: int = Field(default=6, ge=1)
+    checkpoint_every_steps: int = Field(default=200, ge=1)
+    deterministic: bool = True
+    model: ModelParams = ModelParams()
+    lr_range: LRRangeParams = LRRangeParams()
+    checks: ChecksParams = ChecksParams()
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     seed: int = 42
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
+    train: TrainParams = TrainParams()
 
 
 def load_params(path: str | Path | None = None) -> Params:

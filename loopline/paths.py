@@ -84,6 +84,37 @@ class ProjectPaths:
     def data_report_html(self) -> Path:
         return self.data_reports_dir / "report.html"
 
+    # --- training and models ---
+    @property
+    def baseline_metrics(self) -> Path:
+        return self.root / "reports" / "baselines" / "metrics.json"
+
+    @property
+    def model_dir(self) -> Path:
+        """The trained model: weights, network spec, the schema and statistics it was trained with."""
+        return self.root / "artifacts" / "model"
+
+    @property
+    def train_reports_dir(self) -> Path:
+        return self.root / "reports" / "train"
+
+    @property
+    def train_metrics(self) -> Path:
+        return self.train_reports_dir / "metrics.json"
+
+    @property
+    def recipe_checks(self) -> Path:
+        return self.train_reports_dir / "checks.json"
+
+    @property
+    def dvclive_dir(self) -> Path:
+        return self.root / "dvclive"
+
+    @property
+    def checkpoint(self) -> Path:
+        """Resumable training state (git-ignored; not a DVC output, so a killed run can pick it up)."""
+        return self.state_dir / "checkpoints" / "train.pt"
+
     # --- tool state (git-ignored) ---
     @property
     def state_dir(self) -> Path:

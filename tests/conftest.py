@@ -16,7 +16,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # What a project needs to run its pipeline: the map, the knobs, the schemas and the stage code.
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "schemas", "dataprep", "loopline", ".dvcignore", "data/external"]
+PROJECT_FILES = [
+    "dvc.yaml", "params.yaml", "schemas", "loopline", "dataprep", "models", "tools", ".dvcignore", ".gitignore",
+    "data/external",
+]
 
 
 @dataclass
@@ -108,6 +111,7 @@ def project(tmp_path: Path) -> Project:
     proj.dvc("init", "-q")
     proj.dvc("config", "core.analytics", "false")
     proj.dvc("remote", "add", "-d", "local", str(proj.remote))
+    proj.dvc("config", "plots.html_template", "../tools/dvc_plots/template.html")
     proj.commit("a fresh Loopline project")
     return proj
 

@@ -1,0 +1,59 @@
+"""The model's input layout, derived from the feature schema.
+
+A model takes two arrays: `numeric` (float32, one column per numeric feature in schema order, NaN where
+the value is missing) and `categorical` (int64, one column per categorical feature, holding the value's
+position in the schema's category list, or -1 when it is missing or not a listed category). Everything
+else (normalisation, vocabularies, embeddings) happens inside the model, so training, the exported ONNX
+graph and the HTTP service all feed it the same raw values through this one function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from loopline.schema import FeatureSchema
+
+UNKNOWN = -1
+
+
+@dataclass(frozen=True)
+class EncodedFeatures:
+    numeric: np.ndarray  # float32 [rows, numeric features]
+    categorical: np.ndarray  # int64 [rows, categorical features]
+
+    def __len__(self) -> int:
+        return len(self.numeric)
+
+
+def encode_features(frame: pd.DataFrame, schema: FeatureSchema) -> EncodedFeatures:
+    rows = len(frame)
+    numeric = np.empty((rows, len(schema.numeric_features)), dtype=np.float32)
+    for j, col in enumerate(schema.numeric_features):
+        numeric[:, j] = pd.to_numeric(frame[col.name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    categorical = np.empty((rows, len(schema.categorical_features)), dtype=np.int64)
+    for j, col in enumerate(schema.categorical_features):
+        index = {value: i for i, value in enumerate(col.categories)}
+        categorical[:, j] = [index.get(_category_key(v), UNKNOWN) for v in frame[col.name].tolist()]
+    return EncodedFeatures(numeric=numeric, categorical=categorical)
+
+
+def encode_target(frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
+    """Regression: float32 values. Classification: int64 class index in the schema's class order."""
+    y = frame[schema.target]
+    if schema.task.is_classification:
+        index = {value: i for i, value in enumerate(schema.classes)}
+        return np.asarray([index[_category_key(v)] for v in y.tolist()], dtype=np.int64)
+    return y.to_numpy(dtype=np.float32)
+
+
+def _category_key(value: object) -> object:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

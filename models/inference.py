@@ -1,0 +1,46 @@
+"""Load a trained model from its directory and predict on raw rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from loopline.features import encode_features
+from loopline.schema import FeatureSchema, schema_from_dict
+from models.network import NetworkSpec, TabularNet
+
+MODEL_FILES = {
+    "weights": "model.pt",
+    "spec": "spec.json",
+    "schema": "schema.json",
+    "stats": "stats.json",
+    "training": "training.json",
+}
+
+
+def load_model(model_dir: Path) -> tuple[TabularNet, FeatureSchema]:
+    spec = NetworkSpec(**json.loads((model_dir / MODEL_FILES["spec"]).read_text()))
+    schema_file = model_dir / MODEL_FILES["schema"]
+    schema = schema_from_dict(json.loads(schema_file.read_text()), source=str(schema_file))
+    model = TabularNet(spec)
+    model.load_state_dict(torch.load(model_dir / MODEL_FILES["weights"], map_location="cpu", weights_only=True))
+    return model.eval(), schema
+
+
+@torch.no_grad()
+def predict(model: TabularNet, frame: pd.DataFrame, schema: FeatureSchema, chunk: int = 65536) -> np.ndarray:
+    """Predictions on the target's scale: values, P(class 1) for binary, class probabilities otherwise."""
+    enc = encode_features(frame, schema)
+    was_training = model.training
+    model.eval()
+    parts = []
+    for start in range(0, len(enc), chunk):
+        numeric = torch.from_numpy(enc.numeric[start:start + chunk])
+        categorical = torch.from_numpy(enc.categorical[start:start + chunk])
+        parts.append(model(numeric, categorical).float().numpy())
+    model.train(was_training)
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)

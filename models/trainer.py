@@ -1,0 +1,374 @@
+"""The training loop, in plain PyTorch, readable top to bottom.
+
+Per step: take a batch, forward under autocast, loss, backward (scaled for fp16), clip, step, schedule,
+and every N steps a checkpoint. Per epoch: validation loss, early stopping with the best weights kept,
+a checkpoint. A checkpoint holds everything a resumed run needs to end with exactly the weights of an
+uninterrupted one: model, optimiser, scheduler, grad scaler, RNG states, the position in the epoch, and
+the early-stopping state.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from loopline.config import TrainParams
+from loopline.errors import LooplineError
+from models.network import TabularNet
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------ data on device
+@dataclass
+class Batch:
+    numeric: torch.Tensor
+    categorical: torch.Tensor
+    target: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.target.shape[0]
+
+    def take(self, index: torch.Tensor) -> "Batch":
+        return Batch(self.numeric[index], self.categorical[index], self.target[index])
+
+    def to(self, device: torch.device) -> "Batch":
+        if device.type == "cuda":  # pinned host memory lets the copy overlap with compute
+            return Batch(*(t.pin_memory().to(device, non_blocking=True) for t in (self.numeric, self.categorical, self.target)))
+        return Batch(self.numeric.to(device), self.categorical.to(device), self.target.to(device))
+
+
+def make_batch(numeric: np.ndarray, categorical: np.ndarray, target: np.ndarray) -> Batch:
+    return Batch(torch.from_numpy(numeric), torch.from_numpy(categorical), torch.from_numpy(target))
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+    """The epoch's batches of row indices: a permutation fixed by (seed, epoch), sharded across ranks
+    the way DistributedSampler does it (padded so every rank gets the same number of batches)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    if world > 1:
+        per_rank = math.ceil(n / world)
+        order = torch.cat([order, order[: per_rank * world - n]])[rank::world]
+    return list(order.split(batch_size))
+
+
+# --------------------------------------------------------------------------------- reproducibility
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # Strict on CPU; on CUDA a few kernels have no deterministic variant, so warn instead of failing.
+        torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]) + [random.getstate()[0]],
+        "python_gauss": random.getstate()[2],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    python = state["python"]
+    random.setstate((python[-1], tuple(python[:-1]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------- device, precision
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    return torch.device("cuda", local_rank)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if device.type != "cuda":
+        if requested in ("bf16", "fp16"):
+            log.info("precision %s asked for on CPU: training in fp32", requested)
+        return "fp32"
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return requested
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+
+# ------------------------------------------------------------------------------ optimiser, schedule
+def make_optimizer(model: nn.Module, params: TrainParams, lr: float) -> torch.optim.Optimizer:
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=params.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams, lr: float, total_steps: int):
+    from torch.optim import lr_scheduler
+
+    if params.schedule == "one_cycle":
+        return lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+    if params.schedule == "cyclic":
+        return lr_scheduler.CyclicLR(optimizer, base_lr=lr / 10, max_lr=lr, step_size_up=max(1, total_steps // 8),
+                                     cycle_momentum=params.optimizer == "sgd")
+    if params.schedule == "warmup_cosine":
+        warmup = max(1, int(params.warmup_fraction * total_steps))
+        return lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total_steps))
+    return lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """Linear warmup to the base rate, then cosine decay to zero at the last step."""
+
+    warmup: int
+    total: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomic: a half-written checkpoint is never seen under the real name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------- the loop
+class TrainingDiverged(LooplineError):
+    """The training or validation loss stopped being a finite number."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    steps: int = 0
+    resumed_from: dict[str, int] | None = None
+    samples_per_second: float = 0.0
+
+
+class _Logits(nn.Module):
+    """DDP wraps forward(); training needs the logits, so this forwards to TabularNet.logits."""
+
+    def __init__(self, net: TabularNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        return self.net.logits(numeric, categorical)
+
+
+@torch.no_grad()
+def evaluate_loss(model: TabularNet, data: Batch, device: torch.device, precision: str, chunk: int = 8192) -> float:
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, len(data), chunk):
+        part = data.take(torch.arange(start, min(start + chunk, len(data))))
+        with autocast(device, precision):
+            logits = model.logits(part.numeric, part.categorical)
+        total += float(model.loss(logits, part.target)) * len(part)
+    model.train(was_training)
+    return total / max(1, len(data))
+
+
+def train_model(
+    model: TabularNet,
+    train: Batch,
+    val: Batch,
+    params: TrainParams,
+    *,
+    seed: int,
+    lr: float,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    rank: int = 0,
+    world: int = 1,
+) -> TrainResult:
+    precision = resolve_precision(params.precision, device)
+    model.to(device)
+    train, val = train.to(device), val.to(device)
+    step_model: nn.Module = _Logits(model)
+    if world > 1:
+        step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    steps_per_epoch = len(epoch_batches(len(train), params.batch_size, seed, 0, rank, world))
+    total_steps = steps_per_epoch * params.epochs
+    optimizer = make_optimizer(model, params, lr)
+    scheduler = make_scheduler(optimizer, params, lr, total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    result = TrainResult()
+    start_epoch, skip_batches, bad_epochs = 0, 0, 0
+    best_state = copy.deepcopy(model.state_dict())
+    epoch_loss_sum, epoch_rows = 0.0, 0
+    if checkpoint is not None and checkpoint.is_file():
+        saved = load_checkpoint(checkpoint)
+        if saved.get("fingerprint") != fingerprint:
+            log.info("starting afresh: checkpoint %s belongs to another configuration or data", checkpoint)
+        elif saved.get("finished"):
+            log.info("starting afresh: checkpoint %s is of a run that finished", checkpoint)
+        else:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            set_rng_state(saved["rng"])
+            best_state, bad_epochs = saved["best_state"], saved["bad_epochs"]
+            start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
+            epoch_loss_sum, epoch_rows = saved["epoch_loss_sum"], saved["epoch_rows"]
+            result.history, result.best_epoch = saved["history"], saved["best_epoch"]
+            result.best_val_loss, result.steps = saved["best_val_loss"], saved["steps"]
+            result.resumed_from = {"epoch": start_epoch, "batch_in_epoch": skip_batches, "step": result.steps}
+            log.info("resumed from %s at epoch %d, batch %d", checkpoint, start_epoch, skip_batches)
+
+    def snapshot(epoch: int, batch_in_epoch: int, finished: bool = False) -> None:
+        if checkpoint is None or rank != 0:
+            return
+        save_checkpoint(checkpoint, {
+            "fingerprint": fingerprint, "finished": finished,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "steps": result.steps,
+            "epoch_loss_sum": epoch_loss_sum, "epoch_rows": epoch_rows,
+            "best_state": best_state, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+            "bad_epochs": bad_epochs, "history": result.history,
+        })
+
+    progress = _Progress(total_steps, enabled=rank == 0 and sys.stderr.isatty(), initial=result.steps)
+    timer_rows, timer_start = 0, _now(device)
+    model.train()
+    for epoch in range(start_epoch, params.epochs):
+        for batch_in_epoch, index in enumerate(epoch_batches(len(train), params.batch_size, seed, epoch, rank, world)):
+            if batch_in_epoch < skip_batches:
+                continue
+            batch = train.take(index.to(device))
+            with autocast(device, precision):
+                logits = step_model(batch.numeric, batch.categorical)
+            loss = model.loss(logits, batch.target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if params.grad_clip_norm is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            result.steps += 1
+            # On CUDA, summing on the device avoids a host sync every step.
+            epoch_loss_sum += loss.detach() * len(batch) if device.type == "cuda" else loss.item() * len(batch)
+            epoch_rows += len(batch)
+            timer_rows += len(batch)
+            progress.update(loss.item() if progress.enabled else None)
+            if result.steps % params.checkpoint_every_steps == 0:
+                snapshot(epoch, batch_in_epoch + 1)
+        skip_batches = 0
+
+        val_loss = evaluate_loss(model, val, device, precision)
+        record = {"epoch": epoch, "train_loss": float(epoch_loss_sum) / max(1, epoch_rows), "val_loss": val_loss,
+                  "lr": optimizer.param_groups[0]["lr"], "step": result.steps}
+        if not (math.isfinite(record["train_loss"]) and math.isfinite(val_loss)):
+            raise TrainingDiverged(
+                f"epoch {epoch}: training loss {record['train_loss']:.4g}, validation loss {val_loss:.4g} at "
+                f"lr {record['lr']:.3g}; the run diverged. Lower train.lr (or use train.lr: auto), keep "
+                "train.grad_clip_norm set, and look for extreme values in the data report")
+        result.history.append(record)
+        epoch_loss_sum, epoch_rows = 0.0, 0
+        if val_loss < result.best_val_loss:
+            result.best_val_loss, result.best_epoch, bad_epochs = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+        if rank == 0:
+            log.info("epoch %d: train loss %.5f, val loss %.5f, lr %.3g%s", epoch, record["train_loss"], val_loss,
+                     record["lr"], " (best)" if bad_epochs == 0 else "")
+        snapshot(epoch + 1, 0)
+        if bad_epochs >= params.patience:
+            result.stopped_early = True
+            log.info("early stopping: no improvement for %d epochs; restoring epoch %d", bad_epochs, result.best_epoch)
+            break
+
+    elapsed = _now(device) - timer_start
+    result.samples_per_second = timer_rows / elapsed if elapsed > 0 else 0.0
+    progress.close()
+    model.load_state_dict(best_state)
+    snapshot(params.epochs, 0, finished=True)
+    return result
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class _Progress:
+    """A progress bar in an interactive terminal; nothing otherwise (epochs are logged as lines)."""
+
+    def __init__(self, total: int, enabled: bool, initial: int = 0) -> None:
+        self.enabled = enabled
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, loss: float | None) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            if loss is not None:
+                self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def iterate_forever(batches: Callable[[int], list[torch.Tensor]]) -> Iterator[torch.Tensor]:
+    epoch = 0
+    while True:
+        yield from batches(epoch)
+        epoch += 1
