@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS ?= 1
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.state/dvc-site-cache
 export MPLBACKEND ?= Agg
 
-.PHONY: venv demo repro test test-all lock clean-state
+.PHONY: venv demo repro test test-all bench-deps lock clean-state
 
 venv: $(STAMP)
 
@@ -42,6 +42,10 @@ test: venv
 ## Everything, including tests marked slow.
 test-all: venv
 	$(BIN)/python -m pytest -m "slow or not slow"
+
+## Packages the benchmarks compare against (PyTorch Lightning); not needed otherwise.
+bench-deps: venv
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r benchmarks/requirements.txt
 
 ## Re-resolve the pinned environment from pyproject.toml.
 lock:
