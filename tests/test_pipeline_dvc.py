@@ -12,20 +12,20 @@ from conftest import OUTPUTS, SENSOR_SCHEMA, Project, sensor_frame
 
 
 def test_repro_builds_splits_and_a_second_repro_changes_nothing(project: Project) -> None:
-    project.dvc("repro")
+    project.dvc("repro", "prepare")
     metrics = json.loads(project.path("reports/data/metrics.json").read_text())
     assert metrics["rows"]["raw"] == 17379
     assert metrics["rows"]["train"] + metrics["rows"]["val"] + metrics["rows"]["test"] == 17379
     assert project.path("reports/data/report.html").read_text().startswith("<!doctype html>")
 
     before = project.fingerprint(*OUTPUTS)
-    again = project.dvc("repro")
+    again = project.dvc("repro", "prepare")
     assert "Data and pipelines are up to date" in again.output
     assert project.fingerprint(*OUTPUTS) == before
 
 
 def test_bike_source_drops_leaky_columns_and_repairs_the_source(project: Project) -> None:
-    project.dvc("repro")
+    project.dvc("repro", "prepare")
     train = project.read_parquet("data/prepared/train.parquet")
     assert "casual" not in train.columns and "registered" not in train.columns
     assert train["weekday"].notna().all()
@@ -35,7 +35,7 @@ def test_bike_source_drops_leaky_columns_and_repairs_the_source(project: Project
 
 def test_as_of_hides_rows_from_the_future(project: Project) -> None:
     project.set_params(data={"as_of": "2011-03-31"})
-    project.dvc("repro")
+    project.dvc("repro", "prepare")
     frames = [project.read_parquet(f"data/prepared/{s}.parquet") for s in ("train", "val", "test")]
     latest = max(f["timestamp"].max() for f in frames)
     assert latest == pd.Timestamp("2011-03-31 23:00")
@@ -43,7 +43,7 @@ def test_as_of_hides_rows_from_the_future(project: Project) -> None:
 
 def test_acs_source_splits_by_survey_year(project: Project) -> None:
     project.set_params(data={"source": "acs"})
-    project.dvc("repro")
+    project.dvc("repro", "prepare")
     report = json.loads(project.path("reports/data/report.json").read_text())
     assert report["rows"]["raw"] == 277_677
     assert report["task"] == "binary"
@@ -63,7 +63,7 @@ def test_invalid_rows_are_quarantined_with_one_reason_each(sensor_project: Proje
     frame.loc[31, "ts"] = "yesterday"
     frame.loc[40, ["temp", "site"]] = [99, None]
     frame.to_csv(sensor_project.path("data/external/sensors.csv"), index=False)
-    sensor_project.dvc("repro")
+    sensor_project.dvc("repro", "prepare")
 
     quarantined = sensor_project.read_parquet("data/prepared/quarantine.parquet")
     reasons = dict(zip(quarantined["_source_row"], quarantined["_reason"]))
@@ -84,7 +84,7 @@ def test_appended_batches_join_the_source(sensor_project: Project) -> None:
     batch = sensor_frame(rows=48, seed=1)
     batch["ts"] = pd.date_range("2024-02-01", periods=48, freq="h").strftime("%Y-%m-%d %H:%M:%S")
     batch.to_parquet(sensor_project.path("data/external/batches/2024-02-01.parquet"), index=False)
-    sensor_project.dvc("repro")
+    sensor_project.dvc("repro", "prepare")
     test = sensor_project.read_parquet("data/prepared/test.parquet")
     assert test["ts"].max() == pd.Timestamp("2024-02-02 23:00")
 
@@ -139,11 +139,11 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
 def test_bad_input_fails_clearly_and_keeps_the_last_good_outputs(sensor_project: Project, case: str) -> None:
     break_input, expected_messages = BAD_INPUTS[case]
-    sensor_project.dvc("repro")
+    sensor_project.dvc("repro", "prepare")
     good = sensor_project.fingerprint(*OUTPUTS)
 
     break_input(sensor_project)
-    failed = sensor_project.dvc("repro", check=False)
+    failed = sensor_project.dvc("repro", "prepare", check=False)
 
     assert failed.returncode != 0
     for expected in expected_messages:
@@ -158,13 +158,13 @@ def test_bad_input_fails_clearly_and_keeps_the_last_good_outputs(sensor_project:
 
 
 def test_push_then_pull_into_a_fresh_clone_restores_the_data(project: Project, tmp_path) -> None:
-    project.dvc("repro")
+    project.dvc("repro", "prepare")
     project.commit("prepared data")
-    project.dvc("push")
+    project.dvc("push", "--with-deps", "prepare")
     prepared = project.fingerprint("data/prepared")
 
     clone = Project(tmp_path / "clone", remote=project.remote)
     project.run("git", "clone", "-q", str(project.root), str(clone.root))
-    clone.dvc("pull")
+    clone.dvc("pull", "--with-deps", "prepare")
     assert clone.fingerprint("data/prepared") == prepared
-    assert "up to date" in clone.dvc("status").output
+    assert "up to date" in clone.dvc("status", "--with-deps", "prepare").output
