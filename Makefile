@@ -29,9 +29,10 @@ $(STAMP): pyproject.toml requirements.lock requirements-data.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-## The main job, end to end on the embedded defaults.
+## The main job, end to end on the embedded defaults: the pipeline, then the gate and promotion.
 demo: venv
 	$(BIN)/dvc repro
+	$(BIN)/loopline promote
 
 repro: demo
 

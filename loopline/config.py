@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -117,6 +117,25 @@ class TrainParams(_Section):
     checks: ChecksParams = ChecksParams()
 
 
+class EvaluateParams(_Section):
+    slices: Literal["auto"] | list[str] = "auto"
+    """Columns whose values define the slices metrics are reported (and gated) on; auto: every
+    categorical feature with at most max_slice_categories categories."""
+    max_slice_categories: int = Field(default=12, ge=2)
+    min_slice_rows: int = Field(default=30, ge=1)
+    """Smaller slices are reported but not judged by the gate."""
+
+
+class ExportParams(_Section):
+    """Parity between PyTorch and ONNX Runtime on the golden batch, numpy.allclose style: every
+    prediction must satisfy |torch - onnx| <= parity_atol + parity_rtol * |torch|, or the export fails."""
+
+    parity_atol: float = Field(default=1e-4, gt=0)
+    parity_rtol: float = Field(default=1e-5, ge=0)
+    """Float32 carries about 7 significant digits: at a predicted count of 500 one unit in the last place
+    is 6e-5, so values on a large scale need a relative bound; probabilities are held to parity_atol."""
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -124,6 +143,10 @@ class Params(BaseModel):
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    gate: dict[str, Any] | None = None
+    """The gate's rules (see models.gate). Deliberately without defaults: missing or empty fails closed."""
 
 
 def load_params(path: str | Path | None = None) -> Params:

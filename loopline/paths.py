@@ -90,6 +90,10 @@ class ProjectPaths:
         return self.root / "reports" / "baselines" / "metrics.json"
 
     @property
+    def baseline_models(self) -> Path:
+        return self.root / "artifacts" / "baselines.joblib"
+
+    @property
     def model_dir(self) -> Path:
         """The trained model: weights, network spec, the schema and statistics it was trained with."""
         return self.root / "artifacts" / "model"
@@ -116,6 +120,48 @@ class ProjectPaths:
         return self.state_dir / "checkpoints" / "train.pt"
 
     # --- tool state (git-ignored) ---
+    @property
+    def evaluate_dir(self) -> Path:
+        return self.root / "reports" / "evaluate"
+
+    @property
+    def evaluate_metrics(self) -> Path:
+        return self.evaluate_dir / "metrics.json"
+
+    @property
+    def evaluate_slices(self) -> Path:
+        return self.evaluate_dir / "slices.json"
+
+    @property
+    def evaluate_classes(self) -> Path:
+        return self.evaluate_dir / "classes.json"
+
+    @property
+    def evaluate_plots_dir(self) -> Path:
+        return self.evaluate_dir / "plots"
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.root / "artifacts" / "onnx"
+
+    @property
+    def onnx_file(self) -> Path:
+        return self.onnx_dir / "model.onnx"
+
+    @property
+    def golden_batch(self) -> Path:
+        """Rows the exported model must reproduce: held-out rows and edge cases (see models.export)."""
+        return self.onnx_dir / "golden.json"
+
+    @property
+    def export_report(self) -> Path:
+        return self.root / "reports" / "export" / "parity.json"
+
+    @property
+    def gate_verdict(self) -> Path:
+        """The last `loopline register` verdict (the registry keeps each version's own)."""
+        return self.root / "reports" / "gate" / "verdict.json"
+
     @property
     def state_dir(self) -> Path:
         return self.root / ".state"

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
@@ -30,9 +33,27 @@ from models.metrics import task_metrics
 log = logging.getLogger(__name__)
 
 
-def _design(frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
-    enc = encode_features(frame, schema)
-    return np.hstack([enc.numeric.astype(np.float64), enc.categorical.astype(np.float64)])
+@dataclass
+class FittedBaseline:
+    """A fitted baseline that predicts from raw rows, like the network: values, P(class 1) or probabilities."""
+
+    name: str
+    task: str
+    model: Any
+    unknown_code: float
+    """Categorical codes of -1 (missing or unseen) become a category of their own for the trees."""
+
+    def design(self, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
+        enc = encode_features(frame, schema)
+        categorical = np.where(enc.categorical < 0, self.unknown_code, enc.categorical).astype(np.float64)
+        return np.hstack([enc.numeric.astype(np.float64), categorical])
+
+    def predict(self, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
+        x = self.design(frame, schema)
+        if self.task == "regression":
+            return self.model.predict(x)
+        proba = self.model.predict_proba(x)
+        return proba[:, 1] if self.task == "binary" else proba
 
 
 def baseline_models(schema: FeatureSchema, seed: int) -> dict[str, Any]:
@@ -57,26 +78,30 @@ def baseline_models(schema: FeatureSchema, seed: int) -> dict[str, Any]:
     }
 
 
-def score_baselines(splits: dict[str, pd.DataFrame], schema: FeatureSchema, seed: int) -> dict[str, dict[str, dict[str, float]]]:
-    # Categorical codes of -1 (missing/unseen) become a category of their own for the trees.
-    x = {name: _design(frame, schema) for name, frame in splits.items()}
-    n_num = len(schema.numeric_features)
-    for arr in x.values():
-        arr[:, n_num:] = np.where(arr[:, n_num:] < 0, np.nanmax(x["train"][:, n_num:], initial=0) + 1, arr[:, n_num:])
-    y = {name: encode_target(frame, schema) for name, frame in splits.items()}
+def fit_baselines(train: pd.DataFrame, schema: FeatureSchema, seed: int) -> dict[str, FittedBaseline]:
+    unknown = float(max((len(c.categories) for c in schema.categorical_features), default=0))
+    fitted = {}
+    for name, model in baseline_models(schema, seed).items():
+        baseline = FittedBaseline(name, schema.task.value, model, unknown)
+        model.fit(baseline.design(train, schema), encode_target(train, schema))
+        fitted[name] = baseline
+    return fitted
+
+
+def score_baselines(fitted: dict[str, FittedBaseline], splits: dict[str, pd.DataFrame],
+                    schema: FeatureSchema) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for model_name, model in baseline_models(schema, seed).items():
-        model.fit(x["train"], y["train"])
-        out[model_name] = {}
-        for split in ("val", "test"):
-            if schema.task.value == "regression":
-                pred = model.predict(x[split])
-            else:
-                proba = model.predict_proba(x[split])
-                pred = proba[:, 1] if schema.task.value == "binary" else proba
-            out[model_name][split] = task_metrics(schema.task.value, y[split], pred)
-        log.info("%s: %s", model_name, out[model_name]["test"])
+    for name, baseline in fitted.items():
+        out[name] = {split: task_metrics(schema.task.value, encode_target(splits[split], schema),
+                                         baseline.predict(splits[split], schema))
+                     for split in ("val", "test")}
+        log.info("%s: %s", name, out[name]["test"])
     return out
+
+
+def load_baselines(path: Path) -> dict[str, FittedBaseline]:
+    """The fitted baselines written by this stage (a pickle of Loopline's own artifact)."""
+    return joblib.load(path)
 
 
 def run_baselines(paths: ProjectPaths | None = None) -> dict:
@@ -84,8 +109,10 @@ def run_baselines(paths: ProjectPaths | None = None) -> dict:
     params = load_params(paths.params)
     schema = schema_from_dict(json.loads(paths.prepared_schema.read_text()), source=str(paths.prepared_schema))
     splits = {name: pd.read_parquet(paths.split(name)) for name in ("train", "val", "test")}
-    scores = score_baselines(splits, schema, params.seed)
+    fitted = fit_baselines(splits["train"], schema, params.seed)
+    scores = score_baselines(fitted, splits, schema)
     with StagedOutputs() as out:
+        joblib.dump(fitted, out.path(paths.baseline_models))
         write_json(out.path(paths.baseline_metrics), scores)
     return scores
 
@@ -95,4 +122,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from models import baselines  # run under the module's own name, so the pickle names models.baselines
+
+    raise SystemExit(baselines.main())

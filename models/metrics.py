@@ -6,9 +6,13 @@ import numpy as np
 from sklearn import metrics as skm
 
 REGRESSION_METRICS = ("mae", "rmse", "r2")
-CLASSIFICATION_METRICS = ("accuracy", "roc_auc", "log_loss", "f1_macro")
+CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "pr_auc", "log_loss")
 # Lower is better for these; higher for the rest.
 LOWER_IS_BETTER = {"mae", "rmse", "log_loss"}
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -19,22 +23,50 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
+def _two_columns(proba: np.ndarray) -> np.ndarray:
+    return np.column_stack([1 - proba, proba]) if proba.ndim == 1 else proba
+
+
 def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """`proba`: P(class 1) for binary, [rows, classes] otherwise; `y`: class indices."""
-    if proba.ndim == 1:
-        proba2 = np.column_stack([1 - proba, proba])
-        auc = skm.roc_auc_score(y, proba) if len(np.unique(y)) > 1 else float("nan")
-    else:
-        proba2 = proba
-        auc = skm.roc_auc_score(y, proba, multi_class="ovr") if len(np.unique(y)) > 1 else float("nan")
+    """`proba`: P(class 1) for binary, [rows, classes] otherwise; `y`: class indices.
+    ROC-AUC and PR-AUC are one-vs-rest macro averages for multiclass; NaN when only one class is present."""
+    proba2 = _two_columns(proba)
     labels = np.arange(proba2.shape[1])
     pred = proba2.argmax(axis=1)
+    both = len(np.unique(y)) > 1
+    if proba.ndim == 1:
+        auc = skm.roc_auc_score(y, proba) if both else float("nan")
+        pr_auc = skm.average_precision_score(y, proba) if both else float("nan")
+    else:
+        auc = skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels) if len(np.unique(y)) == len(labels) else float("nan")
+        onehot = np.eye(len(labels))[y]
+        pr_auc = skm.average_precision_score(onehot, proba, average="macro") if both else float("nan")
+    averaged = {
+        f"{name}_macro": float(fn(y, pred, average="macro", labels=labels, zero_division=0))
+        for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score))
+    }
     return {
         "accuracy": float(skm.accuracy_score(y, pred)),
+        **averaged,
         "roc_auc": float(auc),
+        "pr_auc": float(pr_auc),
         "log_loss": float(skm.log_loss(y, np.clip(proba2, 1e-7, 1 - 1e-7), labels=labels)),
-        "f1_macro": float(skm.f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
     }
+
+
+def per_class_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
+    proba2 = _two_columns(proba)
+    labels = np.arange(proba2.shape[1])
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y, proba2.argmax(axis=1), labels=labels, zero_division=0)
+    return {cls: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for cls, p, r, f, n in zip(classes, precision, recall, f1, support)}
+
+
+def confusion(y: np.ndarray, proba: np.ndarray) -> list[list[int]]:
+    """Rows: true class; columns: predicted class (schema order)."""
+    proba2 = _two_columns(proba)
+    return skm.confusion_matrix(y, proba2.argmax(axis=1), labels=np.arange(proba2.shape[1])).tolist()
 
 
 def task_metrics(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:

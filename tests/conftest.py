@@ -17,7 +17,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 # What a project needs to run its pipeline: the map, the knobs, the schemas and the stage code.
 PROJECT_FILES = [
-    "dvc.yaml", "params.yaml", "schemas", "loopline", "dataprep", "models", "tools", ".dvcignore", ".gitignore",
+    "dvc.yaml", "params.yaml", "schemas", "loopline", "dataprep", "models", "serving", "tools", "bentofile.yaml",
+    ".dvcignore", ".gitignore",
     "data/external",
 ]
 
@@ -44,6 +45,9 @@ class Project:
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["DVC_SITE_CACHE_DIR"] = str(self.root / ".state" / "dvc-site-cache")
+        env["BENTOML_HOME"] = str(self.root / ".state" / "bentoml")
+        env["BENTOML_DO_NOT_TRACK"] = "true"
+        env.pop("LOOPLINE_REGISTRY", None)
         env["DVC_NO_ANALYTICS"] = "1"
         env.pop("LOOPLINE_ROOT", None)
         return env
@@ -54,6 +58,9 @@ class Project:
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{result.output}")
         return result
+
+    def loopline(self, *args: str, check: bool = True) -> CommandResult:
+        return self.run(sys.executable, "-m", "models.cli", *args, check=check)
 
     def dvc(self, *args: str, check: bool = True) -> CommandResult:
         return self.run(str(Path(sys.executable).parent / "dvc"), *args, check=check)
@@ -94,9 +101,9 @@ class Project:
         return out
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Project:
-    root = tmp_path / "project"
+def new_project(base: Path) -> Project:
+    """A fresh Loopline project under `base`: the project files, git, DVC and a local DVC remote."""
+    root = base / "project"
     root.mkdir()
     for name in PROJECT_FILES:
         source = REPO / name
@@ -104,7 +111,7 @@ def project(tmp_path: Path) -> Project:
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, root / name)
-    proj = Project(root, remote=tmp_path / "dvc-remote")
+    proj = Project(root, remote=base / "dvc-remote")
     proj.git("init", "-q", "-b", "main")
     proj.git("config", "user.email", "tests@loopline.invalid")
     proj.git("config", "user.name", "Loopline tests")
@@ -114,6 +121,11 @@ def project(tmp_path: Path) -> Project:
     proj.dvc("config", "plots.html_template", "../tools/dvc_plots/template.html")
     proj.commit("a fresh Loopline project")
     return proj
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return new_project(tmp_path)
 
 
 OUTPUTS = ("data/raw", "data/prepared", "reports/data")

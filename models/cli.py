@@ -1,0 +1,134 @@
+"""`loopline`: register, promote, roll back and inspect models.
+
+    loopline register                 store the pipeline's candidate as a version and print its gate verdict
+    loopline promote [VERSION]        make a version (default: the candidate just built) the production model
+    loopline promote V --force --reason "why"
+    loopline rollback --reason "why"  production goes back to the version it replaced
+    loopline list                     every version, its gate verdict, and which one is in production
+    loopline show [VERSION]           a version's lineage and model card (default: production)
+
+The registry lives in registry/ (or $LOOPLINE_REGISTRY). Run from the project root after `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from loopline.errors import LooplineError
+from loopline.paths import ProjectPaths
+from loopline.registry import Registry
+
+
+def _registry(paths: ProjectPaths) -> Registry:
+    return Registry.for_project(paths.root)
+
+
+def cmd_register(args: argparse.Namespace, paths: ProjectPaths) -> int:
+    from models.promote import register_candidate
+
+    version, report, created = register_candidate(paths, _registry(paths))
+    print(f"{'registered' if created else 'already registered'}: {version.id}")
+    print(report.summary() if report.rules else f"gate {'PASSED' if report.passed else 'FAILED'}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, paths: ProjectPaths) -> int:
+    from models.promote import promote, register_candidate
+
+    if args.force and not (args.reason and args.reason.strip()):
+        raise SystemExit("loopline promote: --force needs a --reason, which is recorded with the model")
+    registry = _registry(paths)
+    version_id = args.version
+    if version_id is None:
+        version, report, _ = register_candidate(paths, registry)
+        version_id = version.id
+        print(f"candidate {version_id}: gate {'PASSED' if report.passed else 'FAILED'}")
+    result = promote(paths, registry, version_id, force_reason=args.reason if args.force else None)
+    if not result["changed"]:
+        print(f"{result['version']} is already the production model")
+    else:
+        print(f"production is now {result['version']}" + (" (forced past a failed gate)" if result["forced"] else ""))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, paths: ProjectPaths) -> int:
+    from models.promote import rollback
+
+    old, new = rollback(paths, _registry(paths), args.reason)
+    print(f"production rolled back from {old} to {new}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, paths: ProjectPaths) -> int:
+    registry = _registry(paths)
+    production = registry.production()
+    versions = registry.list()
+    if not versions:
+        print(f"no versions in {registry.root}")
+        return 0
+    print(f"{'':2}{'version':18}{'registered':27}{'gate':8}{'schema':24}headline")
+    for v in versions:
+        meta = v.metadata
+        model = meta["metrics"]["model"]
+        first = next(iter(model))
+        mark = "* " if v.id == production else "  "
+        print(f"{mark}{v.id:18}{meta['registered_at']:27}{'pass' if meta['gate']['passed'] else 'FAIL':8}"
+              f"{meta['schema']:24}{first} {model[first]:.4g}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, paths: ProjectPaths) -> int:
+    registry = _registry(paths)
+    version_id = args.version or registry.production()
+    if version_id is None:
+        raise SystemExit("loopline show: no production model yet; name a version (see `loopline list`)")
+    version = registry.get(version_id)
+    if args.json:
+        print(json.dumps(version.metadata, indent=2))
+    else:
+        print(version.file("card.md").read_text())
+        events = [e for e in registry.history() if e.get("version") == version.id]
+        for e in events:
+            print(f"- {e['at']} {e['event']}" + (f": {e['reason']}" if e.get("reason") else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loopline", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("register", help="store the pipeline's candidate model and print its gate verdict")
+    p.set_defaults(run=cmd_register)
+    p = sub.add_parser("promote", help="make a version the production model (checks hash, loading, gate)")
+    p.add_argument("version", nargs="?", help="version id or a unique prefix; default: the candidate in artifacts/")
+    p.add_argument("--force", action="store_true", help="promote although the gate failed (needs --reason)")
+    p.add_argument("--reason", help="why; recorded with the promotion")
+    p.set_defaults(run=cmd_promote)
+    p = sub.add_parser("rollback", help="production goes back to the version it replaced")
+    p.add_argument("--reason", required=True, help="why; recorded with the rollback")
+    p.set_defaults(run=cmd_rollback)
+    p = sub.add_parser("list", help="every version, its gate verdict, and the production one (*)")
+    p.set_defaults(run=cmd_list)
+    p = sub.add_parser("show", help="a version's model card and history (default: production)")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--json", action="store_true", help="the full lineage record instead of the card")
+    p.set_defaults(run=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"loopline {args.command}: %(message)s", stream=sys.stderr)
+    try:
+        return args.run(args, ProjectPaths.here())
+    except LooplineError as exc:
+        print(f"loopline {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

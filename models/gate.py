@@ -1,0 +1,194 @@
+"""The evaluation gate: fail-closed rules that decide whether a candidate model may be served.
+
+Every rule is judged and reported with its value, threshold and result; the verdict passes only when
+every rule passes. Missing evidence fails its rule, and a missing or empty rule set fails the gate:
+there is no "no verdict". Rules (params.yaml `gate:`):
+
+- thresholds: absolute limits per metric on the test split (only the task's metrics apply; a rule set
+  in which none applies fails);
+- baselines: the candidate cuts each named baseline's error by `baseline_margin` on each metric of
+  `compare_metrics` that the task has;
+- champion: on the same test rows, the candidate's error is at most `champion_tolerance` above the
+  production model's, overall and on every slice large enough to judge. The first model has no
+  champion, and the report says so.
+
+"Error" is the metric itself for errors and losses (MAE, RMSE, log loss) and 1 - score for scores
+bounded by 1 (accuracy, F1, ROC-AUC, R2), so a 5% margin asks as much of a 0.95 accuracy as of a 0.6 one;
+- recipe checks: every training recipe check that ran passed (skips are listed);
+- export parity: the ONNX file is the one the parity report was made for, and parity held.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from models.metrics import lower_is_better
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    value: Any
+    threshold: Any
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class GateReport:
+    passed: bool
+    rules: list[Rule]
+    champion: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "champion": self.champion, "notes": self.notes,
+                "rules": [asdict(r) for r in self.rules]}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "GateReport":
+        return cls(bool(raw["passed"]), [Rule(**r) for r in raw.get("rules", [])], raw.get("champion"),
+                   list(raw.get("notes", [])))
+
+    @property
+    def failures(self) -> list[Rule]:
+        return [r for r in self.rules if not r.passed]
+
+    def summary(self) -> str:
+        head = f"gate {'PASSED' if self.passed else 'FAILED'}: {len(self.rules) - len(self.failures)} of {len(self.rules)} rules passed"
+        lines = [head] + [f"  FAIL {r.name}: {r.value} vs {r.threshold}{' - ' + r.detail if r.detail else ''}"
+                          for r in self.failures]
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+@dataclass
+class Evidence:
+    """What the gate judges, gathered from the pipeline's outputs and the registry."""
+
+    metrics: dict[str, float]
+    """The candidate's metrics on the test split."""
+    slices: dict[str, dict[str, dict[str, Any]]]
+    baselines: dict[str, dict[str, float]]
+    checks: list[dict[str, Any]] | None
+    parity: dict[str, Any] | None
+    onnx_sha256: str
+    champion: str | None = None
+    champion_metrics: dict[str, float] | None = None
+    champion_slices: dict[str, dict[str, dict[str, Any]]] | None = None
+
+
+def _error(metric: str, value: float) -> float:
+    """How far from perfect: the metric itself for errors and losses, 1 - score for scores bounded by 1
+    (accuracy, F1, AUCs, R2). Margins and tolerances are fractions of this, so they mean the same near
+    0.99 as near 0.6."""
+    return value if lower_is_better(metric) else 1.0 - value
+
+
+def _from_error(metric: str, error: float) -> float:
+    return error if lower_is_better(metric) else 1.0 - error
+
+
+def _better(metric: str, value: float, reference: float, margin: float) -> tuple[bool, float]:
+    """(value cuts the reference's error by at least the margin, the value it had to reach)."""
+    bound = _from_error(metric, _error(metric, reference) * (1 - margin))
+    return _error(metric, value) <= _error(metric, bound), bound
+
+
+def _not_worse(metric: str, value: float, reference: float, tolerance: float) -> tuple[bool, float]:
+    """(value's error exceeds the reference's by at most the tolerance, the value it had to reach)."""
+    bound = _from_error(metric, _error(metric, reference) * (1 + tolerance))
+    return _error(metric, value) <= _error(metric, bound), bound
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def judge(rules: dict[str, Any] | None, ev: Evidence) -> GateReport:
+    out: list[Rule] = []
+    notes: list[str] = []
+    if not rules:
+        out.append(Rule("rule_set", None, "a non-empty params.yaml gate section", False,
+                        "no gate rules: a missing or empty rule set fails closed"))
+        return GateReport(False, out, ev.champion, notes)
+
+    # Absolute thresholds.
+    thresholds = rules.get("thresholds") or {}
+    applicable = {m: lim for m, lim in thresholds.items() if m in ev.metrics}
+    if not applicable:
+        out.append(Rule("thresholds", sorted(thresholds), f"limits on some of {sorted(ev.metrics)}", False,
+                        "no absolute threshold applies to this task's metrics"))
+    for metric, limits in applicable.items():
+        value = ev.metrics[metric]
+        for kind in ("min", "max"):
+            if limits.get(kind) is None:
+                continue
+            bound = limits[kind]
+            ok = _finite(value) and (value >= bound if kind == "min" else value <= bound)
+            out.append(Rule(f"threshold:{metric}", value, f"{'>=' if kind == 'min' else '<='} {bound}", ok))
+
+    # Baselines.
+    compare = [m for m in rules.get("compare_metrics") or [] if m in ev.metrics]
+    if not compare:
+        out.append(Rule("compare_metrics", rules.get("compare_metrics"), f"some of {sorted(ev.metrics)}", False,
+                        "no metric to compare against baselines and champion"))
+    wanted = [b for b in rules.get("baselines") or [] if b in ev.baselines]
+    if not rules.get("baselines"):
+        out.append(Rule("baselines", None, "baselines to beat", False, "no baselines named in gate.baselines"))
+    elif not wanted:
+        out.append(Rule("baselines", rules["baselines"], sorted(ev.baselines), False,
+                        "none of the named baselines was evaluated"))
+    margin = float(rules.get("baseline_margin", 0.0))
+    for name in wanted:
+        for metric in compare:
+            ok, bound = _better(metric, ev.metrics[metric], ev.baselines[name][metric], margin)
+            out.append(Rule(f"beats:{name}:{metric}", ev.metrics[metric], round(bound, 6),
+                            ok and _finite(ev.metrics[metric]), f"{name} {ev.baselines[name][metric]:.6g}, margin {margin:g}"))
+
+    # Champion, overall and per judged slice.
+    if ev.champion is None:
+        notes.append("first model: there is no production model to compare with")
+    elif ev.champion_metrics is None:
+        out.append(Rule("champion", ev.champion, "comparable on the same test rows", False,
+                        "the production model could not be scored on the candidate's test rows"))
+    else:
+        tolerance = float(rules.get("champion_tolerance", 0.0))
+        for metric in compare:
+            ok, bound = _not_worse(metric, ev.metrics[metric], ev.champion_metrics[metric], tolerance)
+            out.append(Rule(f"champion:{metric}", ev.metrics[metric], round(bound, 6), ok,
+                            f"production {ev.champion} {ev.champion_metrics[metric]:.6g}, tolerance {tolerance:g}"))
+        for column, values in ev.slices.items():
+            for value, cand in values.items():
+                champ = (ev.champion_slices or {}).get(column, {}).get(value)
+                if not cand.get("judged") or champ is None:
+                    continue
+                for metric in compare:
+                    if not (_finite(cand.get(metric)) and _finite(champ.get(metric))):
+                        continue
+                    ok, bound = _not_worse(metric, cand[metric], champ[metric], tolerance)
+                    out.append(Rule(f"champion:{column}={value}:{metric}", cand[metric], round(bound, 6), ok,
+                                    f"production {champ[metric]:.6g} on {cand['rows']} rows"))
+
+    # Recipe checks.
+    if ev.checks is None:
+        out.append(Rule("recipe_checks", None, "all run checks passed", False, "no recipe-check record"))
+    else:
+        failed = [c["name"] for c in ev.checks if not c.get("passed")]
+        skipped = [c["name"] for c in ev.checks if c.get("skipped")]
+        out.append(Rule("recipe_checks", {"failed": failed, "skipped": skipped}, "none failed", not failed))
+        if skipped:
+            notes.append(f"recipe checks skipped by params.yaml: {skipped}")
+
+    # Export parity, for this very file.
+    if ev.parity is None:
+        out.append(Rule("export_parity", None, "parity report", False, "no parity report"))
+    else:
+        same_file = ev.parity.get("onnx_sha256") == ev.onnx_sha256
+        ok = bool(ev.parity.get("passed")) and same_file
+        out.append(Rule("export_parity", ev.parity.get("max_abs_diff"),
+                        f"<= {ev.parity.get('atol')} + {ev.parity.get('rtol')} x |y|", ok,
+                        "" if same_file else "the parity report was made for another ONNX file"))
+
+    return GateReport(all(r.passed for r in out), out, ev.champion, notes)

@@ -1,0 +1,66 @@
+"""The HTTP service: BentoML over an ONNX Runtime session serving the registry's production model.
+
+    bentoml serve serving.service:Predictor --host 127.0.0.1 --port 3000
+
+The model comes from BentoML's model store as `loopline:<version>`, where `loopline promote` put it:
+the registry's production version, or $LOOPLINE_MODEL_TAG when set. Inside a built Bento, where no
+registry travels, it is the Loopline model packaged with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+import pandas as pd
+
+from loopline.features import encode_features
+from loopline.paths import project_root
+from loopline.registry import BENTO_MODEL_NAME, Registry
+from loopline.runtime import onnx_session
+from loopline.schema import schema_from_dict
+
+
+def production_model_tag() -> str:
+    if os.environ.get("LOOPLINE_MODEL_TAG"):
+        return os.environ["LOOPLINE_MODEL_TAG"]
+    registry = Registry.for_project(project_root())
+    if registry.pointer.is_file():
+        version = registry.production()
+        if version:
+            return f"{BENTO_MODEL_NAME}:{version}"
+    packaged = bentoml.models.list(BENTO_MODEL_NAME)
+    if len(packaged) == 1:  # a built Bento carries exactly the model it was built with
+        return str(packaged[0].tag)
+    raise RuntimeError(f"no production model: run `loopline promote` (registry {registry.root}), "
+                       "or set LOOPLINE_MODEL_TAG to a model in BentoML's store")
+
+
+@bentoml.service(traffic={"timeout": 30})
+class Predictor:
+    model = bentoml.models.BentoModel(production_model_tag())
+
+    def __init__(self) -> None:
+        schema_file = Path(self.model.path_of("schema.json"))
+        self.schema = schema_from_dict(json.loads(schema_file.read_text()), source=str(schema_file))
+        self.session = onnx_session(self.model.path_of("model.onnx"))
+        self.version = str(self.model.tag.version)
+        self.features = [c.name for c in self.schema.features]
+
+    @bentoml.api
+    def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Predictions for raw records (JSON objects of feature values)."""
+        frame = pd.DataFrame.from_records(records, columns=self.features)
+        enc = encode_features(frame, self.schema)
+        out = self.session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
+        return {"model_version": self.version, "predictions": np.asarray(out).tolist()}
+
+    @bentoml.api(route="/metadata")
+    def metadata(self) -> dict[str, Any]:
+        """The model version, the execution provider in use and the feature schema."""
+        return {"model_version": self.version, "providers": self.session.get_providers(),
+                "schema": self.schema.to_dict()}

@@ -1,0 +1,116 @@
+"""The gate fails closed and judges every rule it is given."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from loopline.config import EvaluateParams, TrainParams
+from models.baselines import fit_baselines
+from models.evaluate import evaluate
+from models.gate import Evidence, judge
+from models.inference import predict
+from models.trainer import train_model
+from toy import model_for, toy_data
+
+RULES = yaml.safe_load((REPO / "params.yaml").read_text())["gate"]
+PARITY = {"passed": True, "onnx_sha256": "abc", "max_abs_diff": 1e-6, "atol": 1e-4, "rtol": 1e-5}
+CHECKS = [{"name": n, "passed": True, "skipped": False}
+          for n in ("loss_at_init", "overfit_one_batch", "input_independent_baseline", "gradients")]
+
+
+def evidence(**overrides) -> Evidence:
+    slices = {"c": {"a": {"rows": 500, "judged": True, "mae": 1.0, "rmse": 1.5},
+                    "b": {"rows": 500, "judged": True, "mae": 1.0, "rmse": 1.5},
+                    "d": {"rows": 10, "judged": False, "mae": 9.0, "rmse": 9.0}}}
+    base = dict(metrics={"mae": 1.0, "rmse": 1.5, "r2": 0.8}, slices=slices,
+                baselines={"mean": {"mae": 3.0, "rmse": 4.0, "r2": 0.0}, "linear": {"mae": 2.0, "rmse": 2.5, "r2": 0.5}},
+                checks=CHECKS, parity=PARITY, onnx_sha256="abc")
+    base.update(overrides)
+    return Evidence(**base)
+
+
+def failed(report) -> list[str]:
+    return [r.name for r in report.failures]
+
+
+def test_a_good_first_model_passes_and_the_report_says_there_is_no_champion() -> None:
+    report = judge(RULES, evidence())
+    assert report.passed, report.summary()
+    assert "first model: there is no production model to compare with" in report.notes
+    assert {r.name for r in report.rules} >= {"threshold:r2", "beats:mean:mae", "beats:linear:rmse",
+                                               "recipe_checks", "export_parity"}
+    for rule in report.rules:
+        assert {"value", "threshold", "passed"} <= set(report.to_dict()["rules"][0])
+
+
+@pytest.mark.parametrize("rules", [None, {}], ids=["missing", "empty"])
+def test_a_missing_or_empty_rule_set_fails(rules) -> None:
+    report = judge(rules, evidence())
+    assert not report.passed
+    assert failed(report) == ["rule_set"]
+
+
+def test_rules_that_do_not_apply_to_the_task_fail_instead_of_passing_vacuously() -> None:
+    rules = {**RULES, "thresholds": {"accuracy": {"min": 0.9}}, "compare_metrics": ["roc_auc"], "baselines": ["majority"]}
+    assert set(failed(judge(rules, evidence()))) == {"thresholds", "compare_metrics", "baselines"}
+
+
+def test_missing_evidence_fails_its_rule() -> None:
+    report = judge(RULES, evidence(checks=None, parity=None))
+    assert set(failed(report)) == {"recipe_checks", "export_parity"}
+
+
+def test_a_failed_recipe_check_or_a_parity_report_for_another_file_fails() -> None:
+    checks = copy.deepcopy(CHECKS)
+    checks[1]["passed"] = False
+    assert failed(judge(RULES, evidence(checks=checks))) == ["recipe_checks"]
+    assert failed(judge(RULES, evidence(onnx_sha256="def"))) == ["export_parity"]
+
+
+def test_skipped_checks_pass_but_are_named_in_the_report() -> None:
+    checks = copy.deepcopy(CHECKS)
+    checks[2].update(passed=True, skipped=True)
+    report = judge(RULES, evidence(checks=checks))
+    assert report.passed
+    assert any("input_independent_baseline" in note for note in report.notes)
+
+
+def test_a_candidate_worse_than_the_champion_on_one_slice_is_rejected() -> None:
+    champion_slices = copy.deepcopy(evidence().slices)
+    champion_slices["c"]["a"]["mae"] = 0.9  # the candidate's 1.0 is 11% worse on c=a
+    champion_slices["c"]["d"]["mae"] = 1.0  # a slice too small to judge: not held against it
+    report = judge(RULES, evidence(champion="0123456789abcdef", champion_metrics={"mae": 1.0, "rmse": 1.5, "r2": 0.8},
+                                   champion_slices=champion_slices))
+    assert failed(report) == ["champion:c=a:mae"]
+    assert report.champion == "0123456789abcdef"
+    rule = report.failures[0]
+    assert rule.value == 1.0 and rule.threshold == pytest.approx(0.9 * 1.02)
+
+
+def test_within_the_tolerance_of_the_champion_passes() -> None:
+    report = judge(RULES, evidence(champion="0123456789abcdef", champion_metrics={"mae": 0.99, "rmse": 1.49, "r2": 0.8},
+                                   champion_slices=evidence().slices))
+    assert report.passed, report.summary()
+
+
+def test_a_champion_that_cannot_be_scored_fails_closed() -> None:
+    assert failed(judge(RULES, evidence(champion="0123456789abcdef"))) == ["champion"]
+
+
+def test_a_candidate_trained_on_shuffled_labels_is_rejected() -> None:
+    data = toy_data(shuffle_labels=True)
+    model = model_for(data)
+    train_model(model, data.batch("train"), data.batch("val"), TrainParams(epochs=5, batch_size=64),
+                seed=0, lr=3e-3, device=model.num_mean.device)
+    test = data.frames["test"]
+    baselines = {name: b.predict(test, data.schema) for name, b in fit_baselines(data.frames["train"], data.schema, 0).items()}
+    result = evaluate(predict(model, test, data.schema), baselines, test, data.schema, EvaluateParams())
+    report = judge(RULES, evidence(metrics=result.metrics["model"], slices=result.slices,
+                                   baselines={k: v for k, v in result.metrics.items() if k != "model"}))
+    assert not report.passed
+    assert "threshold:r2" in failed(report)
+    assert {"beats:mean:mae", "beats:mean:rmse"} <= set(failed(report))
