@@ -42,16 +42,9 @@ def prepared_project(source: str, keep: Path | None) -> Path:
     """A scratch project with the prepared splits of a bundled dataset (or an existing one, --project)."""
     if keep is not None:
         return keep
-    import yaml
+    from prepare import scratch_project  # benchmarks/prepare.py: params.yaml and schemas for the source
 
-    root = Path(tempfile.mkdtemp(prefix=f"loopline-bench-train-{source}-"))
-    for name in ("params.yaml", "schemas"):
-        src = REPO / name
-        shutil.copytree(src, root / name) if src.is_dir() else shutil.copy2(src, root / name)
-    (root / "data/external").mkdir(parents=True)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["source"] = source
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    root = scratch_project(source)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for module in ("dataprep.ingest", "dataprep.prepare"):
         subprocess.run([sys.executable, "-m", module], cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
