@@ -118,7 +118,7 @@ def gather_evidence(cand_metrics: dict[str, Any], slices: dict[str, Any], checks
     ev = Evidence(metrics=cand_metrics["model"], slices=slices, baselines=baselines, checks=checks,
                   parity=parity, onnx_sha256=onnx_sha)
     champion = registry.production()
-    if champion is not None and champion != onnx_sha[:len(champion)]:
+    if champion is not None:
         ev.champion = champion
         try:
             scored = score_version(registry.get(champion), test, schema, list(slices), min_slice_rows)
