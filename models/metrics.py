@@ -24,7 +24,12 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def _two_columns(proba: np.ndarray) -> np.ndarray:
-    return np.column_stack([1 - proba, proba]) if proba.ndim == 1 else proba
+    """[rows, classes] probabilities in float64, each row summing to one (float32 softmax rows are off
+    by a few ulps, which scikit-learn warns about)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim == 1:
+        return np.column_stack([1 - proba, proba])
+    return proba / proba.sum(axis=1, keepdims=True)
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -50,7 +55,7 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]
         **averaged,
         "roc_auc": float(auc),
         "pr_auc": float(pr_auc),
-        "log_loss": float(skm.log_loss(y, np.clip(proba2, 1e-7, 1 - 1e-7), labels=labels)),
+        "log_loss": float(skm.log_loss(y, proba2, labels=labels)),  # clips at float64 eps itself
     }
 
 
