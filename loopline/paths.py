@@ -111,6 +111,11 @@ class ProjectPaths:
         return self.train_reports_dir / "checks.json"
 
     @property
+    def failed_checks(self) -> Path:
+        """The recipe-check report of the last run that failed its checks (the model was not replaced)."""
+        return self.state_dir / "train" / "failed-checks.json"
+
+    @property
     def dvclive_dir(self) -> Path:
         return self.root / "dvclive"
 

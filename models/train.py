@@ -102,8 +102,10 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
     model = build_model(data, params)
 
     checks = run_recipe_checks(model, train, val, cfg, params.seed)
-    if rank == 0:
-        write_json(paths.recipe_checks, [c.to_dict() for c in checks])
+    if rank == 0 and not all(c.passed for c in checks):
+        # reports/train/checks.json stays with the model it describes; this run's report goes aside.
+        write_json(paths.failed_checks, [c.to_dict() for c in checks])
+        log.info("recipe check report of this failed run: %s", paths.failed_checks)
     raise_on_failures(checks)
 
     lr_range = lr_range_test(model, train, cfg, params.seed)
@@ -147,6 +149,7 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
         write_json(model_dir / MODEL_FILES["stats"], data.stats)
         write_json(model_dir / MODEL_FILES["training"], {**training, "checks": [c.to_dict() for c in checks]})
         write_json(out.path(paths.train_metrics), summary)
+        write_json(out.path(paths.recipe_checks), [c.to_dict() for c in checks])
         write_json(out.path(paths.train_reports_dir / "lr_range.json"), lr_range.to_dict())
         plot_lr_range(lr_range, out.path(paths.train_reports_dir / "lr_range.png"))
         _plot_losses(result.history, out.path(paths.train_reports_dir / "loss_curves.png"))

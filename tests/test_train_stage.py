@@ -109,14 +109,16 @@ def test_dvc_repro_trains_a_model_that_beats_the_baselines(project: Project) -> 
 def test_a_failed_recipe_check_stops_the_stage_and_keeps_the_last_model(project: Project) -> None:
     project.set_params(train={"epochs": 2})
     project.dvc("repro", "train")
-    before = project.fingerprint("artifacts/model", "dvclive", "reports/train/metrics.json")
+    before = project.fingerprint("artifacts/model", "dvclive", "reports/train")
     # An output layer that cannot move: the one-batch overfit check must stop the run.
     project.set_params(train={"epochs": 2, "checks": {"overfit_steps": 10, "overfit_target": 0.001}})
     failed = project.dvc("repro", "train", check=False)
     assert failed.returncode != 0
     assert "recipe check(s) failed; the model was not trained" in failed.output
     assert "overfit_one_batch" in failed.output
-    assert project.fingerprint("artifacts/model", "dvclive", "reports/train/metrics.json") == before
+    assert project.fingerprint("artifacts/model", "dvclive", "reports/train") == before
+    failed_report = json.loads(project.path(".state/train/failed-checks.json").read_text())
+    assert [c["name"] for c in failed_report if not c["passed"]] == ["overfit_one_batch"]
 
 
 def test_experiments_compare_with_dvc_and_their_plots_render_offline(project: Project) -> None:
