@@ -127,6 +127,24 @@ def export_onnx(model: TabularNet, path: Path, n_numeric: int, n_categorical: in
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
+    strip_source_locations(path)
+
+
+def strip_source_locations(path: Path) -> None:
+    """Drop the exporter's debugging metadata (Python stack traces with absolute file paths, FX node
+    names): the file's bytes, and so its registry version, must not depend on where the code lives."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        for item in (*graph.node, *graph.value_info, *graph.input, *graph.output, *graph.initializer):
+            del item.metadata_props[:]
+            if hasattr(item, "doc_string"):
+                item.doc_string = ""
+        graphs.extend(attr.g for node in graph.node for attr in node.attribute if attr.HasField("g"))
+    onnx.save(proto, str(path))
 
 
 def check_onnx_file(path: Path) -> None:

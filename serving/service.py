@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from loopline.features import encode_features
 from loopline.paths import project_root
 from loopline.registry import BENTO_MODEL_NAME, Registry
+from loopline.request_model import record_model
 from loopline.runtime import onnx_session
 from loopline.schema import schema_from_dict
 
@@ -40,21 +42,28 @@ def production_model_tag() -> str:
                        "or set LOOPLINE_MODEL_TAG to a model in BentoML's store")
 
 
+MODEL_TAG = production_model_tag()
+SCHEMA = schema_from_dict(json.loads(Path(bentoml.models.get(MODEL_TAG).path_of("schema.json")).read_text()),
+                          source=f"{MODEL_TAG}/schema.json")
+MAX_RECORDS = int(os.environ.get("LOOPLINE_MAX_RECORDS", "1024"))
+Record = record_model(SCHEMA)  # the request body's records: types, ranges, categories, no unknown fields
+
+
 @bentoml.service(traffic={"timeout": 30})
 class Predictor:
-    model = bentoml.models.BentoModel(production_model_tag())
+    model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        schema_file = Path(self.model.path_of("schema.json"))
-        self.schema = schema_from_dict(json.loads(schema_file.read_text()), source=str(schema_file))
+        self.schema = SCHEMA
         self.session = onnx_session(self.model.path_of("model.onnx"))
         self.version = str(self.model.tag.version)
-        self.features = [c.name for c in self.schema.features]
 
     @bentoml.api
-    def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Predictions for raw records (JSON objects of feature values)."""
-        frame = pd.DataFrame.from_records(records, columns=self.features)
+    def predict(
+        self, records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)]  # type: ignore[valid-type]
+    ) -> dict[str, Any]:
+        """Predictions for 1 to LOOPLINE_MAX_RECORDS records of raw feature values."""
+        frame = pd.DataFrame([r.model_dump() for r in records], columns=[c.name for c in self.schema.features])
         enc = encode_features(frame, self.schema)
         out = self.session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
         return {"model_version": self.version, "predictions": np.asarray(out).tolist()}

@@ -70,6 +70,9 @@ def test_dvc_repro_evaluates_on_the_whole_test_split_and_exports_a_model_equal_t
     onnx.checker.check_model(model, full_check=True)
     assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim][0] == "batch"
     assert sorted(p.name for p in proj.path("artifacts/onnx").iterdir()) == ["golden.json", "model.onnx"]
+    # No stack traces or paths inside: the same model gives the same bytes (and version) in any checkout.
+    data = proj.path("artifacts/onnx/model.onnx").read_bytes()
+    assert str(proj.root).encode() not in data and b"network.py" not in data
 
 
 def test_promotion_lands_the_model_in_production_and_in_bentomls_store(project: Project, built) -> None:
@@ -185,3 +188,52 @@ def test_bentoml_build_packages_the_production_model(project: Project, built) ->
     with tarfile.open(archive) as tar:
         packaged = tar.extractfile(f"./models/loopline/{first}/model.onnx").read()
     assert packaged == project.path(f"registry/versions/{first}/model.onnx").read_bytes()
+
+
+def test_bentoml_serves_the_production_model_and_refuses_records_the_schema_forbids(project: Project, built) -> None:
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    first = built[1]
+    project.loopline("promote", first)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    server = subprocess.Popen([bentoml, "serve", "serving.service:Predictor", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=project.root, env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+
+    def post(path: str, body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()
+                time.sleep(0.5)
+        test = project.read_parquet("data/prepared/test.parquet").head(5)
+        features = [c for c in json.loads(project.path(f"registry/versions/{first}/schema.json").read_text())["columns"]
+                    if c not in ("timestamp", "cnt")]
+        records = json.loads(test[features].to_json(orient="records"))
+        status, body = post("/predict", {"records": records})
+        assert status == 200 and body["model_version"] == first and len(body["predictions"]) == 5
+
+        status, body = post("/predict", {"records": [{**records[0], "season": "monsoon", "colour": "red"}]})
+        assert status == 400
+        assert {tuple(d["loc"]) for d in body["detail"]} == {("records", 0, "season"), ("records", 0, "colour")}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

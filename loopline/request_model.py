@@ -1,0 +1,68 @@
+"""The HTTP request model, derived from the feature schema (the one definition of the columns).
+
+One record is a JSON object of raw feature values: numbers within the schema's range (whole numbers
+where the column is an integer), categories from the schema's list, null or absent only where the
+column is nullable, and nothing else: an unknown field is refused. A request carries 1 to
+`max_records` records. `describe_errors` turns a validation failure into one line per problem that
+names the record, the field and what is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from loopline.schema import Column, FeatureSchema, Kind
+
+
+def _field_type(col: Column) -> Any:
+    if col.kind is Kind.CATEGORICAL:
+        kind: Any = Literal[tuple(col.categories)]  # type: ignore[valid-type]
+    else:
+        bounds = {k: v for k, v in (("ge", col.min), ("le", col.max)) if v is not None}
+        # Strict: a JSON number (a whole number too, for a float column), never a string or a boolean.
+        kind = Annotated[int if col.integer else float, Field(strict=True, allow_inf_nan=False, **bounds)]
+    return kind | None if col.nullable else kind
+
+
+def record_model(schema: FeatureSchema) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for col in schema.features:
+        annotation = _field_type(col)
+        description = col.description or f"{col.kind.value} feature"
+        default = None if col.nullable else ...
+        fields[col.name] = (annotation, Field(default, description=description))
+    return create_model(f"{_identifier(schema.name)}_record", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def request_model(schema: FeatureSchema, max_records: int) -> type[BaseModel]:
+    record = record_model(schema)
+    return create_model(
+        f"{_identifier(schema.name)}_request", __config__=ConfigDict(extra="forbid"),
+        records=(list[record], Field(..., min_length=1, max_length=max_records,  # type: ignore[valid-type]
+                                     description=f"1 to {max_records} records of raw feature values")),
+    )
+
+
+def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """[{"field": "records[3].temp", "problem": "..."}] for each error, in the order pydantic found them."""
+    out = []
+    for err in exc.errors(include_url=False):
+        path = ""
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        problem = err["msg"]
+        in_record = len(err["loc"]) == 3  # ("records", index, field)
+        if err["type"] == "extra_forbidden":
+            problem = "unknown field: not a feature of the model's schema" if in_record else "unknown field"
+        elif err["type"] == "missing":
+            problem = "missing: the column is not nullable, so the field is required" if in_record else "missing"
+        elif err["type"] == "literal_error":
+            problem = f"{err.get('input')!r} is not one of the categories: {err['msg'].removeprefix('Input should be ')}"
+        out.append({"field": path or "body", "problem": problem})
+    return out
+
+
+def _identifier(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)

@@ -1,0 +1,76 @@
+"""The HTTP request model follows the feature schema and says precisely what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from conftest import REPO
+from loopline.features import encode_features
+from loopline.request_model import describe_errors, request_model
+from loopline.schema import load_schema
+
+BIKE = load_schema(REPO / "schemas/bike.yaml")
+ACS = load_schema(REPO / "schemas/acs.yaml")
+Request = request_model(BIKE, max_records=3)
+GOOD = {"season": "summer", "hr": 8, "holiday": "No", "weekday": "Mon", "workingday": "Yes",
+        "weathersit": "Clear", "temp": 20, "atemp": 22.5, "hum": 50, "windspeed": 10.0}
+
+
+def problems(body) -> list[dict[str, str]]:
+    with pytest.raises(ValidationError) as caught:
+        Request.model_validate(body)
+    return describe_errors(caught.value)
+
+
+def test_a_valid_record_is_accepted_and_encodes_like_training_data() -> None:
+    import pandas as pd
+
+    request = Request.model_validate({"records": [GOOD, {**GOOD, "weathersit": None}]})
+    frame = pd.DataFrame([r.model_dump() for r in request.records])
+    enc = encode_features(frame, BIKE)
+    assert enc.numeric.shape == (2, len(BIKE.numeric_features))
+    assert enc.categorical[1, [c.name for c in BIKE.categorical_features].index("weathersit")] == -1
+
+
+def test_a_nullable_field_may_be_left_out() -> None:
+    record = {k: v for k, v in GOOD.items() if k != "weathersit"}
+    assert Request.model_validate({"records": [record]}).records[0].weathersit is None
+
+
+@pytest.mark.parametrize("record, field, problem", [
+    ({k: v for k, v in GOOD.items() if k != "temp"}, "records[0].temp", "missing: the column is not nullable"),
+    ({**GOOD, "temp": "warm"}, "records[0].temp", "Input should be a valid number"),
+    ({**GOOD, "temp": True}, "records[0].temp", "Input should be a valid number"),
+    ({**GOOD, "temp": 99}, "records[0].temp", "less than or equal to 50"),
+    ({**GOOD, "hum": -1}, "records[0].hum", "greater than or equal to 0"),
+    ({**GOOD, "season": "monsoon"}, "records[0].season", "'monsoon' is not one of the categories: 'spring', 'summer'"),
+    ({**GOOD, "hr": "8"}, "records[0].hr", "'8' is not one of the categories: 0, 1, 2"),
+    ({**GOOD, "season": None}, "records[0].season", "is not one of the categories"),
+    ({**GOOD, "colour": "red"}, "records[0].colour", "unknown field: not a feature of the model's schema"),
+], ids=["missing", "wrong type", "boolean", "above max", "below min", "unknown category", "category as text",
+        "null where not nullable", "unknown field"])
+def test_a_bad_record_is_refused_with_its_field_and_problem(record, field, problem) -> None:
+    found = problems({"records": [record]})
+    assert found[0]["field"] == field
+    assert problem in found[0]["problem"]
+
+
+@pytest.mark.parametrize("body, field, problem", [
+    ({"records": []}, "records", "at least 1 item"),
+    ({"records": [GOOD] * 4}, "records", "at most 3 items"),
+    ({}, "records", "missing"),
+    ({"records": [GOOD], "extra": 1}, "extra", "unknown field"),
+    ([GOOD], "body", "valid dictionary"),
+])
+def test_a_bad_request_body_is_refused_with_what_is_wrong(body, field, problem) -> None:
+    found = problems(body)
+    assert found[0]["field"] == field and problem in found[0]["problem"]
+
+
+def test_the_model_follows_each_schema() -> None:
+    acs = request_model(ACS, max_records=10)
+    record = acs.model_json_schema()["$defs"][f"{ACS.name}_record"]
+    assert set(record["properties"]) == {c.name for c in ACS.features}
+    assert record["additionalProperties"] is False
+    assert set(record["required"]) == {c.name for c in ACS.features if not c.nullable}
