@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS ?= 1
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.state/dvc-site-cache
 export MPLBACKEND ?= Agg
 
-.PHONY: venv demo repro test test-all bench-deps lock clean-state
+.PHONY: venv demo repro serve test test-all bench-deps lock clean-state
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ demo: venv
 	$(BIN)/loopline promote
 
 repro: demo
+
+## The HTTP service over the production model, on 127.0.0.1:$(PORT).
+PORT ?= 3000
+serve: venv
+	$(BIN)/bentoml serve serving.service:Predictor --host 127.0.0.1 --port $(PORT)
 
 ## The fast suite plus the DVC integration tests (what CI runs).
 test: venv

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from loopline.errors import LooplineError
@@ -122,9 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    paths = ProjectPaths.here()
+    # Promotion writes to BentoML's model store: the project's own, as under make, unless set elsewhere.
+    os.environ.setdefault("BENTOML_HOME", str(paths.state_dir / "bentoml"))
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     logging.basicConfig(level=logging.INFO, format=f"loopline {args.command}: %(message)s", stream=sys.stderr)
     try:
-        return args.run(args, ProjectPaths.here())
+        return args.run(args, paths)
     except LooplineError as exc:
         print(f"loopline {args.command}: {exc}", file=sys.stderr)
         return 1
