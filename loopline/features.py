@@ -49,6 +49,20 @@ def encode_target(frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
     return y.to_numpy(dtype=np.float32)
 
 
+def decode_predictions(out: np.ndarray, schema: FeatureSchema) -> dict[str, list]:
+    """A model's outputs as the HTTP response gives them: values for regression; for classification
+    the predicted class and each class's probability, in the schema's class order."""
+    out = np.asarray(out, dtype=np.float64)
+    if not schema.task.is_classification:
+        return {"predictions": out.tolist()}
+    proba = np.column_stack([1 - out, out]) if out.ndim == 1 else out
+    classes = list(schema.classes)
+    return {
+        "predictions": [classes[i] for i in proba.argmax(axis=1)],
+        "probabilities": [dict(zip(map(str, classes), row)) for row in proba.round(6).tolist()],
+    }
+
+
 def _category_key(value: object) -> object:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from loopline.features import encode_features
+from loopline.features import decode_predictions, encode_features
 from loopline.paths import project_root
 from loopline.registry import BENTO_MODEL_NAME, Registry
 from loopline.request_model import record_model
 from loopline.runtime import onnx_session
 from loopline.schema import schema_from_dict
+from serving.guards import RequestGuard
 
 
 def production_model_tag() -> str:
@@ -46,6 +47,7 @@ MODEL_TAG = production_model_tag()
 SCHEMA = schema_from_dict(json.loads(Path(bentoml.models.get(MODEL_TAG).path_of("schema.json")).read_text()),
                           source=f"{MODEL_TAG}/schema.json")
 MAX_RECORDS = int(os.environ.get("LOOPLINE_MAX_RECORDS", "1024"))
+MAX_BODY_BYTES = int(os.environ.get("LOOPLINE_MAX_BODY_BYTES", str(4 * 2**20)))
 Record = record_model(SCHEMA)  # the request body's records: types, ranges, categories, no unknown fields
 
 
@@ -60,16 +62,24 @@ class Predictor:
 
     @bentoml.api
     def predict(
-        self, records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)]  # type: ignore[valid-type]
+        self, records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)],  # type: ignore[valid-type]
+        ctx: bentoml.Context,
     ) -> dict[str, Any]:
-        """Predictions for 1 to LOOPLINE_MAX_RECORDS records of raw feature values."""
+        """Predictions for 1 to LOOPLINE_MAX_RECORDS records of raw feature values; classification adds
+        each class's probability. An X-Request-ID header is echoed, otherwise one is made."""
+        request_id = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex
+        ctx.response.headers["x-request-id"] = request_id
         frame = pd.DataFrame([r.model_dump() for r in records], columns=[c.name for c in self.schema.features])
         enc = encode_features(frame, self.schema)
         out = self.session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
-        return {"model_version": self.version, "predictions": np.asarray(out).tolist()}
+        return {"model_version": self.version, "request_id": request_id, **decode_predictions(out, self.schema)}
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> dict[str, Any]:
         """The model version, the execution provider in use and the feature schema."""
         return {"model_version": self.version, "providers": self.session.get_providers(),
                 "schema": self.schema.to_dict()}
+
+
+Predictor.add_asgi_middleware(RequestGuard, api_key=os.environ.get("LOOPLINE_API_KEY") or None,
+                              max_body_bytes=MAX_BODY_BYTES)

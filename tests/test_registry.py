@@ -190,7 +190,7 @@ def test_bentoml_build_packages_the_production_model(project: Project, built) ->
     assert packaged == project.path(f"registry/versions/{first}/model.onnx").read_bytes()
 
 
-def test_bentoml_serves_the_production_model_and_refuses_records_the_schema_forbids(project: Project, built) -> None:
+def test_bentoml_serves_the_production_model_behind_its_guards(project: Project, built) -> None:
     import socket
     import time
     import urllib.error
@@ -202,24 +202,26 @@ def test_bentoml_serves_the_production_model_and_refuses_records_the_schema_forb
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bentoml = str(Path(sys.executable).parent / "bentoml")
+    env = {**project.env(), "LOOPLINE_API_KEY": "s3cret", "LOOPLINE_MAX_BODY_BYTES": "100000"}
     server = subprocess.Popen([bentoml, "serve", "serving.service:Predictor", "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=project.root, env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
+    key = {"authorization": "Bearer s3cret"}
 
-    def post(path: str, body: dict) -> tuple[int, dict]:
-        request = urllib.request.Request(base + path, data=json.dumps(body).encode(),
-                                         headers={"content-type": "application/json"})
+    def post(path: str, body, headers: dict[str, str]) -> tuple[int, dict, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(base + path, data=data, headers={"content-type": "application/json", **headers})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
+                return response.status, json.loads(response.read()), dict(response.headers)
         except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
+            return err.code, json.loads(err.read()), dict(err.headers)
 
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2):
+                with urllib.request.urlopen(base + "/readyz", timeout=2):  # probes need no key
                     break
             except OSError:
                 assert server.poll() is None, server.stderr.read().decode()
@@ -228,12 +230,21 @@ def test_bentoml_serves_the_production_model_and_refuses_records_the_schema_forb
         features = [c for c in json.loads(project.path(f"registry/versions/{first}/schema.json").read_text())["columns"]
                     if c not in ("timestamp", "cnt")]
         records = json.loads(test[features].to_json(orient="records"))
-        status, body = post("/predict", {"records": records})
-        assert status == 200 and body["model_version"] == first and len(body["predictions"]) == 5
 
-        status, body = post("/predict", {"records": [{**records[0], "season": "monsoon", "colour": "red"}]})
+        status, body, headers = post("/predict", {"records": records}, {**key, "x-request-id": "req-42"})
+        assert status == 200 and body["model_version"] == first and len(body["predictions"]) == 5
+        assert body["request_id"] == "req-42" and headers["x-request-id"] == "req-42"
+
+        status, body, _ = post("/predict", {"records": [{**records[0], "season": "monsoon", "colour": "red"}]}, key)
         assert status == 400
         assert {tuple(d["loc"]) for d in body["detail"]} == {("records", 0, "season"), ("records", 0, "colour")}
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"x-api-key": "wrong"}):
+            status, body, _ = post("/predict", {"records": records}, headers)
+            assert status == 401 and "API key" in body["error"]
+        status, body, _ = post("/predict", b"x" * 200_000, key)
+        assert status == 413 and "over 100000 bytes" in body["error"]
+        status, body, _ = post("/predict", b"not json", key)
+        assert status == 400 and body["detail"][0]["type"] == "json_invalid"
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import REPO
-from loopline.features import encode_features
+from loopline.features import decode_predictions, encode_features
 from loopline.request_model import describe_errors, request_model
 from loopline.schema import load_schema
 
@@ -74,3 +74,12 @@ def test_the_model_follows_each_schema() -> None:
     assert set(record["properties"]) == {c.name for c in ACS.features}
     assert record["additionalProperties"] is False
     assert set(record["required"]) == {c.name for c in ACS.features if not c.nullable}
+
+
+def test_predictions_are_decoded_to_values_or_classes_with_probabilities() -> None:
+    import numpy as np
+
+    assert decode_predictions(np.array([1.5, 2.0], np.float32), BIKE) == {"predictions": [1.5, 2.0]}
+    binary = decode_predictions(np.array([0.25, 0.9]), ACS)
+    assert binary["predictions"] == [0, 1]
+    assert binary["probabilities"] == [{"0": 0.75, "1": 0.25}, {"0": 0.1, "1": 0.9}]
