@@ -30,7 +30,7 @@ from loopline.config import load_params
 from loopline.errors import LooplineError
 from loopline.features import encode_features
 from loopline.paths import ProjectPaths
-from loopline.registry import BENTO_MODEL_NAME, CARD_FILE, MODEL_FILE, Registry, RegistryError, Version, now, sha256_file
+from loopline.registry import BENTO_MODEL_NAME, CARD_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError, Version, now, sha256_file
 from loopline.schema import FeatureSchema, schema_from_dict
 from models.evaluate import metrics_by_slice
 from models.gate import Evidence, GateReport, judge
@@ -336,6 +336,6 @@ def save_to_bentoml(version: Version) -> str:
     with bentoml.models.create(tag,
                                labels={"schema": meta["schema"], "task": meta["task"]},
                                metadata={"sha256": meta["sha256"], "gate_passed": meta["gate"]["passed"]}) as model:
-        for name in (MODEL_FILE, SCHEMA_FILE, CARD_FILE):
+        for name in (MODEL_FILE, SCHEMA_FILE, CARD_FILE, METADATA_FILE):
             Path(model.path_of(name)).write_bytes(version.file(name).read_bytes())
     return tag

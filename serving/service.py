@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import bentoml
 import pandas as pd
+from fastapi import FastAPI
 from pydantic import Field
 
 from loopline.features import decode_predictions, encode_features
@@ -51,6 +52,10 @@ MAX_BODY_BYTES = int(os.environ.get("LOOPLINE_MAX_BODY_BYTES", str(4 * 2**20)))
 Record = record_model(SCHEMA)  # the request body's records: types, ranges, categories, no unknown fields
 
 
+info = FastAPI(title="Loopline model information")  # GET routes; BentoML's own APIs are POST
+
+
+@bentoml.asgi_app(info, path="/")
 @bentoml.service(traffic={"timeout": 30})
 class Predictor:
     model = bentoml.models.BentoModel(MODEL_TAG)
@@ -59,6 +64,9 @@ class Predictor:
         self.schema = SCHEMA
         self.session = onnx_session(self.model.path_of("model.onnx"))
         self.version = str(self.model.tag.version)
+        record = Path(self.model.path_of("version.json"))  # the registry's lineage record, packaged on promotion
+        self.model_info = json.loads(record.read_text()) if record.is_file() else dict(
+            bentoml.models.get(MODEL_TAG).info.metadata)
 
     @bentoml.api
     def predict(
@@ -74,11 +82,12 @@ class Predictor:
         out = self.session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
         return {"model_version": self.version, "request_id": request_id, **decode_predictions(out, self.schema)}
 
-    @bentoml.api(route="/metadata")
+    @info.get("/metadata")
     def metadata(self) -> dict[str, Any]:
-        """The model version, the execution provider in use and the feature schema."""
+        """The model version, the ONNX Runtime providers really in use, the model's registry record
+        (lineage, metrics, gate) when packaged with it, and the feature schema."""
         return {"model_version": self.version, "providers": self.session.get_providers(),
-                "schema": self.schema.to_dict()}
+                "model": self.model_info, "schema": self.schema.to_dict()}
 
 
 Predictor.add_asgi_middleware(RequestGuard, api_key=os.environ.get("LOOPLINE_API_KEY") or None,

@@ -231,6 +231,12 @@ def test_bentoml_serves_the_production_model_behind_its_guards(project: Project,
                     if c not in ("timestamp", "cnt")]
         records = json.loads(test[features].to_json(orient="records"))
 
+        with urllib.request.urlopen(urllib.request.Request(base + "/metadata", headers=key), timeout=30) as response:
+            info = json.loads(response.read())
+        assert info["model_version"] == first and info["providers"] == ["CPUExecutionProvider"]
+        assert info["model"]["sha256"].startswith(first) and info["model"]["gate"]["passed"] is True
+        assert info["model"]["metrics"]["model"]["mae"] > 0 and info["schema"]["target"] == "cnt"
+
         status, body, headers = post("/predict", {"records": records}, {**key, "x-request-id": "req-42"})
         assert status == 200 and body["model_version"] == first and len(body["predictions"]) == 5
         assert body["request_id"] == "req-42" and headers["x-request-id"] == "req-42"
