@@ -27,6 +27,7 @@ from loopline.request_model import record_model
 from loopline.runtime import onnx_session
 from loopline.schema import schema_from_dict
 from serving.guards import RequestGuard
+from serving.request_log import RequestLog
 
 
 def production_model_tag() -> str:
@@ -64,6 +65,9 @@ class Predictor:
         self.schema = SCHEMA
         self.session = onnx_session(self.model.path_of("model.onnx"))
         self.version = str(self.model.tag.version)
+        log_dir = os.environ.get("LOOPLINE_REQUEST_LOG", str(project_root() / "data" / "requests"))
+        self.request_log = None if log_dir == "off" else RequestLog(
+            Path(log_dir), flush_seconds=float(os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
         record = Path(self.model.path_of("version.json"))  # the registry's lineage record, packaged on promotion
         self.model_info = json.loads(record.read_text()) if record.is_file() else dict(
             bentoml.models.get(MODEL_TAG).info.metadata)
@@ -80,7 +84,15 @@ class Predictor:
         frame = pd.DataFrame([r.model_dump() for r in records], columns=[c.name for c in self.schema.features])
         enc = encode_features(frame, self.schema)
         out = self.session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
-        return {"model_version": self.version, "request_id": request_id, **decode_predictions(out, self.schema)}
+        decoded = decode_predictions(out, self.schema)
+        if self.request_log is not None:
+            self.request_log.record(request_id, self.version, frame, decoded)
+        return {"model_version": self.version, "request_id": request_id, **decoded}
+
+    @bentoml.on_shutdown
+    def close_request_log(self) -> None:
+        if self.request_log is not None:
+            self.request_log.close()
 
     @info.get("/metadata")
     def metadata(self) -> dict[str, Any]:

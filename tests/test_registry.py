@@ -202,7 +202,9 @@ def test_bentoml_serves_the_production_model_behind_its_guards(project: Project,
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bentoml = str(Path(sys.executable).parent / "bentoml")
-    env = {**project.env(), "LOOPLINE_API_KEY": "s3cret", "LOOPLINE_MAX_BODY_BYTES": "100000"}
+    request_log = project.root / "request-log"
+    env = {**project.env(), "LOOPLINE_API_KEY": "s3cret", "LOOPLINE_MAX_BODY_BYTES": "100000",
+           "LOOPLINE_REQUEST_LOG": str(request_log), "LOOPLINE_REQUEST_LOG_FLUSH_SECONDS": "0.2"}
     server = subprocess.Popen([bentoml, "serve", "serving.service:Predictor", "--host", "127.0.0.1", "--port", str(port)],
                               cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -240,6 +242,7 @@ def test_bentoml_serves_the_production_model_behind_its_guards(project: Project,
         status, body, headers = post("/predict", {"records": records}, {**key, "x-request-id": "req-42"})
         assert status == 200 and body["model_version"] == first and len(body["predictions"]) == 5
         assert body["request_id"] == "req-42" and headers["x-request-id"] == "req-42"
+        served = body["predictions"]
 
         status, body, _ = post("/predict", {"records": [{**records[0], "season": "monsoon", "colour": "red"}]}, key)
         assert status == 400
@@ -254,3 +257,15 @@ def test_bentoml_serves_the_production_model_behind_its_guards(project: Project,
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+    # Only the accepted request reached the model; its five records are in the log as they were sent.
+    import pandas as pd
+
+    logged = pd.concat(pd.read_parquet(f) for f in sorted(request_log.rglob("*.parquet"))).sort_values("record")
+    assert logged["request_id"].tolist() == ["req-42"] * 5 and logged["record"].tolist() == list(range(5))
+    assert (logged["model_version"] == first).all()
+    assert logged["prediction"].tolist() == pytest.approx(served)
+    for column in ("temp", "hum", "windspeed"):
+        assert logged[column].tolist() == pytest.approx([r[column] for r in records])
+    assert logged["season"].tolist() == [r["season"] for r in records]
+    assert not list(request_log.rglob(".*.tmp"))
