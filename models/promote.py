@@ -336,6 +336,6 @@ def save_to_bentoml(version: Version) -> str:
     with bentoml.models.create(tag,
                                labels={"schema": meta["schema"], "task": meta["task"]},
                                metadata={"sha256": meta["sha256"], "gate_passed": meta["gate"]["passed"]}) as model:
-        for name in (MODEL_FILE, SCHEMA_FILE, CARD_FILE, METADATA_FILE):
+        for name in (MODEL_FILE, SCHEMA_FILE, CARD_FILE, METADATA_FILE, GOLDEN_FILE, EXPECTED_FILE):
             Path(model.path_of(name)).write_bytes(version.file(name).read_bytes())
     return tag

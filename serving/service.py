@@ -10,12 +10,17 @@ registry travels, it is the Loopline model packaged with it.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+import numpy as np
 import pandas as pd
 from fastapi import FastAPI
 from pydantic import Field
@@ -25,9 +30,11 @@ from loopline.paths import project_root
 from loopline.registry import BENTO_MODEL_NAME, Registry
 from loopline.request_model import record_model
 from loopline.runtime import onnx_session
-from loopline.schema import schema_from_dict
+from loopline.schema import FeatureSchema, schema_from_dict
 from serving.guards import RequestGuard
 from serving.request_log import RequestLog
+
+log = logging.getLogger(__name__)
 
 
 def production_model_tag() -> str:
@@ -45,12 +52,64 @@ def production_model_tag() -> str:
                        "or set LOOPLINE_MODEL_TAG to a model in BentoML's store")
 
 
+@dataclass(frozen=True)
+class Served:
+    """One loaded model: what a request uses from start to finish, even if a swap happens meanwhile."""
+
+    version: str
+    session: Any
+    schema: FeatureSchema
+    info: dict[str, Any]
+
+
+def load_served(tag: str) -> Served:
+    """Load a model from BentoML's store and check it: it runs, and reproduces its golden batch."""
+    model = bentoml.models.get(tag)
+    schema_file = Path(model.path_of("schema.json"))
+    schema = schema_from_dict(json.loads(schema_file.read_text()), source=str(schema_file))
+    session = onnx_session(model.path_of("model.onnx"))
+    golden, expected = Path(model.path_of("golden.json")), Path(model.path_of("golden_expected.json"))
+    if golden.is_file() and expected.is_file():
+        enc = encode_features(pd.DataFrame.from_records(json.loads(golden.read_text())), schema)
+        got = session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
+        spec = json.loads(expected.read_text())
+        if not np.allclose(got, spec["predictions"], atol=spec["atol"], rtol=spec["rtol"]):
+            raise ValueError(f"{tag}: predictions on its golden batch differ from the recorded ones")
+    record = Path(model.path_of("version.json"))  # the registry's lineage record, packaged on promotion
+    info = json.loads(record.read_text()) if record.is_file() else dict(model.info.metadata)
+    return Served(str(model.tag.version), session, schema, info)
+
+
+def same_inputs(a: FeatureSchema, b: FeatureSchema) -> bool:
+    return ([c.to_dict() | {"name": c.name} for c in a.features] == [c.to_dict() | {"name": c.name} for c in b.features]
+            and a.task == b.task and a.classes == b.classes)
+
+
+class ProductionWatcher(threading.Thread):
+    """Polls the registry's production pointer and hands each new version to `on_change`."""
+
+    def __init__(self, registry: Registry, current: str, on_change: Callable[[str], None], poll_seconds: float) -> None:
+        super().__init__(name="loopline-production-watcher", daemon=True)
+        self.registry, self.seen, self.on_change, self.poll_seconds = registry, current, on_change, poll_seconds
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.poll_seconds):
+            try:
+                version = self.registry.production()
+            except Exception:  # a pointer being replaced or unreadable: look again at the next poll
+                log.warning("production pointer unreadable; looking again in %.1f s", self.poll_seconds, exc_info=True)
+                continue
+            if version and version != self.seen:
+                self.seen = version
+                self.on_change(version)
+
+
 MODEL_TAG = production_model_tag()
-SCHEMA = schema_from_dict(json.loads(Path(bentoml.models.get(MODEL_TAG).path_of("schema.json")).read_text()),
-                          source=f"{MODEL_TAG}/schema.json")
+FIRST = load_served(MODEL_TAG)
 MAX_RECORDS = int(os.environ.get("LOOPLINE_MAX_RECORDS", "1024"))
 MAX_BODY_BYTES = int(os.environ.get("LOOPLINE_MAX_BODY_BYTES", str(4 * 2**20)))
-Record = record_model(SCHEMA)  # the request body's records: types, ranges, categories, no unknown fields
+Record = record_model(FIRST.schema)  # the request body's records: types, ranges, categories, no unknown fields
 
 
 info = FastAPI(title="Loopline model information")  # GET routes; BentoML's own APIs are POST
@@ -59,18 +118,34 @@ info = FastAPI(title="Loopline model information")  # GET routes; BentoML's own 
 @bentoml.asgi_app(info, path="/")
 @bentoml.service(traffic={"timeout": 30})
 class Predictor:
-    model = bentoml.models.BentoModel(MODEL_TAG)
+    model = bentoml.models.BentoModel(MODEL_TAG)  # what `bentoml build` packages
 
     def __init__(self) -> None:
-        self.schema = SCHEMA
-        self.session = onnx_session(self.model.path_of("model.onnx"))
-        self.version = str(self.model.tag.version)
+        self.served = FIRST
         log_dir = os.environ.get("LOOPLINE_REQUEST_LOG", str(project_root() / "data" / "requests"))
         self.request_log = None if log_dir == "off" else RequestLog(
             Path(log_dir), flush_seconds=float(os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
-        record = Path(self.model.path_of("version.json"))  # the registry's lineage record, packaged on promotion
-        self.model_info = json.loads(record.read_text()) if record.is_file() else dict(
-            bentoml.models.get(MODEL_TAG).info.metadata)
+        registry = Registry.for_project(project_root())
+        self.watcher = None
+        if not os.environ.get("LOOPLINE_MODEL_TAG") and registry.pointer.is_file():
+            poll = float(os.environ.get("LOOPLINE_SWAP_POLL_SECONDS", "2"))
+            self.watcher = ProductionWatcher(registry, self.served.version, self.swap_to, poll)
+            self.watcher.start()
+
+    def swap_to(self, version: str) -> None:
+        """Load and check the new production model beside the one serving, then swap in one assignment;
+        requests in flight finish on the model they started with. On any failure the old one stays."""
+        old = self.served
+        try:
+            new = load_served(f"{BENTO_MODEL_NAME}:{version}")
+            if not same_inputs(old.schema, new.schema):
+                raise ValueError("it takes other inputs than the request model this service was started with; "
+                                 "restart the service to serve it")
+        except Exception as exc:
+            log.error("still serving %s: production model %s failed to load or check: %s", old.version, version, exc)
+            return
+        self.served = new
+        log.info("now serving %s (was %s)", new.version, old.version)
 
     @bentoml.api
     def predict(
@@ -81,16 +156,19 @@ class Predictor:
         each class's probability. An X-Request-ID header is echoed, otherwise one is made."""
         request_id = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex
         ctx.response.headers["x-request-id"] = request_id
-        frame = pd.DataFrame([r.model_dump() for r in records], columns=[c.name for c in self.schema.features])
-        enc = encode_features(frame, self.schema)
-        out = self.session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
-        decoded = decode_predictions(out, self.schema)
+        served = self.served  # this request's model, whatever a swap does meanwhile
+        frame = pd.DataFrame([r.model_dump() for r in records], columns=[c.name for c in served.schema.features])
+        enc = encode_features(frame, served.schema)
+        out = served.session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
+        decoded = decode_predictions(out, served.schema)
         if self.request_log is not None:
-            self.request_log.record(request_id, self.version, frame, decoded)
-        return {"model_version": self.version, "request_id": request_id, **decoded}
+            self.request_log.record(request_id, served.version, frame, decoded)
+        return {"model_version": served.version, "request_id": request_id, **decoded}
 
     @bentoml.on_shutdown
-    def close_request_log(self) -> None:
+    def shut_down(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stopped.set()
         if self.request_log is not None:
             self.request_log.close()
 
@@ -98,8 +176,9 @@ class Predictor:
     def metadata(self) -> dict[str, Any]:
         """The model version, the ONNX Runtime providers really in use, the model's registry record
         (lineage, metrics, gate) when packaged with it, and the feature schema."""
-        return {"model_version": self.version, "providers": self.session.get_providers(),
-                "model": self.model_info, "schema": self.schema.to_dict()}
+        served = self.served
+        return {"model_version": served.version, "providers": served.session.get_providers(),
+                "model": served.info, "schema": served.schema.to_dict()}
 
 
 Predictor.add_asgi_middleware(RequestGuard, api_key=os.environ.get("LOOPLINE_API_KEY") or None,

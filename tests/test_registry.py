@@ -269,3 +269,82 @@ def test_bentoml_serves_the_production_model_behind_its_guards(project: Project,
         assert logged[column].tolist() == pytest.approx([r[column] for r in records])
     assert logged["season"].tolist() == [r["season"] for r in records]
     assert not list(request_log.rglob(".*.tmp"))
+
+
+def test_a_promotion_under_load_swaps_the_model_without_a_failed_request(project: Project, built) -> None:
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    _, first, second, _ = built
+    project.loopline("promote", first)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    env = {**project.env(), "LOOPLINE_REQUEST_LOG": "off", "LOOPLINE_SWAP_POLL_SECONDS": "0.3"}
+    server_log = project.root / "server.log"
+    server = subprocess.Popen([bentoml, "serve", "serving.service:Predictor", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=project.root, env=env, stdout=server_log.open("w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    test = project.read_parquet("data/prepared/test.parquet").head(3)
+    features = [c for c in json.loads(project.path(f"registry/versions/{first}/schema.json").read_text())["columns"]
+                if c not in ("timestamp", "cnt")]
+    payload = json.dumps({"records": json.loads(test[features].to_json(orient="records"))}).encode()
+    results: list[tuple[float, float, int, str]] = []  # (sent, answered, status, version)
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            request = urllib.request.Request(base + "/predict", data=payload, headers={"content-type": "application/json"})
+            sent = time.monotonic()
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    version = json.loads(response.read())["model_version"]
+                    results.append((sent, time.monotonic(), response.status, version))
+            except Exception as exc:  # any failure counts against the swap
+                results.append((sent, time.monotonic(), getattr(exc, "code", 0), repr(exc)))
+
+    def versions_since(t: float) -> set[str]:
+        """Versions that answered requests sent after t."""
+        return {v for sent, _, _, v in results if sent > t}
+
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None
+                time.sleep(0.5)
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        for w in workers:
+            w.start()
+        time.sleep(1.0)
+        project.loopline("promote", second, "--force", "--reason", "swap under load")
+        promoted_at = time.monotonic()
+        while versions_since(promoted_at + 2.0) != {second} and time.monotonic() < promoted_at + 30:
+            time.sleep(0.2)
+        # A production pointer to a model that cannot be loaded: the service keeps serving the last good one.
+        registry = Registry(project.root / "registry")
+        with registry.locked():
+            registry.set_production("0" * 16, {"event": "promoted", "reason": "test: a broken model"})
+        broken_at = time.monotonic()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=60)
+        server.terminate()
+        server.wait(timeout=30)
+
+    assert results and all(status == 200 for _, _, status, _ in results), [r for r in results if r[2] != 200][:3]
+    assert {v for *_, v in results} == {first, second}
+    # Once one answer came from the new model, every request sent after it is answered by the new model;
+    # requests in flight at the swap may finish on the old one.
+    swapped = min(answered for _, answered, _, v in results if v == second)
+    assert versions_since(swapped) == {second}
+    assert versions_since(broken_at + 1.0) == {second}
+    assert f"still serving {second}: production model {'0' * 16} failed to load or check" in server_log.read_text()
