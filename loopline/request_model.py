@@ -1,5 +1,6 @@
 """The HTTP request model, derived from the feature schema (the one definition of the columns).
 
+`label_model` is the shape of ground truth posted later for served records.
 One record is a JSON object of raw feature values: numbers within the schema's range (whole numbers
 where the column is an integer), categories from the schema's list, null or absent only where the
 column is nullable, and nothing else: an unknown field is refused. A request carries 1 to
@@ -42,6 +43,17 @@ def request_model(schema: FeatureSchema, max_records: int) -> type[BaseModel]:
         f"{_identifier(schema.name)}_request", __config__=ConfigDict(extra="forbid"),
         records=(list[record], Field(..., min_length=1, max_length=max_records,  # type: ignore[valid-type]
                                      description=f"1 to {max_records} records of raw feature values")),
+    )
+
+
+def label_model(schema: FeatureSchema) -> type[BaseModel]:
+    """Ground truth that arrives later for a served record: its request id, its index in that request,
+    and the true target value (typed and bounded like the target column)."""
+    return create_model(
+        f"{_identifier(schema.name)}_label", __config__=ConfigDict(extra="forbid"),
+        request_id=(str, Field(..., min_length=1, max_length=200, description="the X-Request-ID of the request")),
+        record=(int, Field(0, ge=0, strict=True, description="the record's index in that request")),
+        value=(_field_type(schema.target_column), Field(..., description=f"the true {schema.target}")),
     )
 
 

@@ -29,19 +29,25 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
-class RequestLog:
+class ParquetWindows:
+    """Rows put on a queue, written by a thread as one Parquet file per window (see the module doc)."""
+
     def __init__(self, directory: Path, flush_seconds: float = 5.0, flush_rows: int = 10_000) -> None:
         self.directory = Path(directory)
         self.flush_seconds = flush_seconds
         self.flush_rows = flush_rows
         self._queue: queue.Queue[Any] = queue.Queue()
         self._files = 0
-        self._thread = threading.Thread(target=self._run, name="loopline-request-log", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"loopline-log-{self.directory.name}", daemon=True)
         self._thread.start()
 
-    def record(self, request_id: str, model_version: str, features: pd.DataFrame, decoded: dict[str, list]) -> None:
-        """Queue the request's rows (no I/O here); `decoded` is loopline.features.decode_predictions' output."""
-        self._queue.put((request_id, model_version, datetime.now(timezone.utc), features, decoded))
+    def put(self, item: Any) -> None:
+        """Queue an item for the writer thread; `_frame` turns it into rows there."""
+        self._queue.put(item)
+
+    @staticmethod
+    def _frame(item: Any) -> pd.DataFrame:
+        return item
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is waiting and stop the writer."""
@@ -64,26 +70,12 @@ class RequestLog:
             if item is not None:
                 if not pending:
                     opened = time.monotonic()
-                frame = self._frame(*item)
+                frame = self._frame(item)
                 pending.append(frame)
                 rows += len(frame)
             if pending and (rows >= self.flush_rows or time.monotonic() - opened >= self.flush_seconds):
                 self._write(pending)
                 pending, rows = [], 0
-
-    @staticmethod
-    def _frame(request_id: str, version: str, served_at: datetime, features: pd.DataFrame,
-               decoded: dict[str, list]) -> pd.DataFrame:
-        frame = features.reset_index(drop=True).copy()
-        frame.insert(0, "model_version", version)
-        frame.insert(0, "served_at", pd.Timestamp(served_at))
-        frame.insert(0, "record", range(len(frame)))
-        frame.insert(0, "request_id", request_id)
-        frame["prediction"] = decoded["predictions"]
-        for row_index, probabilities in enumerate(decoded.get("probabilities", [])):
-            for cls, p in probabilities.items():
-                frame.loc[row_index, f"proba_{cls}"] = p
-        return frame
 
     def _write(self, pending: list[pd.DataFrame]) -> None:
         if not pending:
@@ -99,4 +91,26 @@ class RequestLog:
             frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object}).to_parquet(tmp, index=False)
             os.replace(tmp, folder / name)
         except Exception:  # the service keeps serving; the failure and the rows lost are logged
-            log.exception("request log: could not write %d rows to %s", sum(len(p) for p in pending), self.directory)
+            log.exception("could not write %d rows to %s", sum(len(p) for p in pending), self.directory)
+
+
+class RequestLog(ParquetWindows):
+    """Served records: request id, record index, time, model version, features, prediction, probabilities."""
+
+    def record(self, request_id: str, model_version: str, features: pd.DataFrame, decoded: dict[str, list]) -> None:
+        """Queue the request's rows (no I/O here); `decoded` is loopline.features.decode_predictions' output."""
+        self.put((request_id, model_version, datetime.now(timezone.utc), features, decoded))
+
+    @staticmethod
+    def _frame(item: Any) -> pd.DataFrame:
+        request_id, version, served_at, features, decoded = item
+        frame = features.reset_index(drop=True).copy()
+        frame.insert(0, "model_version", version)
+        frame.insert(0, "served_at", pd.Timestamp(served_at))
+        frame.insert(0, "record", range(len(frame)))
+        frame.insert(0, "request_id", request_id)
+        frame["prediction"] = decoded["predictions"]
+        for row_index, probabilities in enumerate(decoded.get("probabilities", [])):
+            for cls, p in probabilities.items():
+                frame.loc[row_index, f"proba_{cls}"] = p
+        return frame

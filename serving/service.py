@@ -28,11 +28,11 @@ from pydantic import Field
 from loopline.features import decode_predictions, encode_features
 from loopline.paths import project_root
 from loopline.registry import BENTO_MODEL_NAME, Registry
-from loopline.request_model import record_model
+from loopline.request_model import label_model, record_model
 from loopline.runtime import onnx_session
 from loopline.schema import FeatureSchema, schema_from_dict
 from serving.guards import RequestGuard
-from serving.request_log import RequestLog
+from serving.request_log import ParquetWindows, RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ FIRST = load_served(MODEL_TAG)
 MAX_RECORDS = int(os.environ.get("LOOPLINE_MAX_RECORDS", "1024"))
 MAX_BODY_BYTES = int(os.environ.get("LOOPLINE_MAX_BODY_BYTES", str(4 * 2**20)))
 Record = record_model(FIRST.schema)  # the request body's records: types, ranges, categories, no unknown fields
+Label = label_model(FIRST.schema)  # ground truth for served records, by request id
 
 
 info = FastAPI(title="Loopline model information")  # GET routes; BentoML's own APIs are POST
@@ -125,6 +126,9 @@ class Predictor:
         log_dir = os.environ.get("LOOPLINE_REQUEST_LOG", str(project_root() / "data" / "requests"))
         self.request_log = None if log_dir == "off" else RequestLog(
             Path(log_dir), flush_seconds=float(os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
+        truth_dir = os.environ.get("LOOPLINE_GROUND_TRUTH", str(project_root() / "data" / "ground_truth"))
+        self.ground_truth = ParquetWindows(Path(truth_dir), flush_seconds=float(
+            os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
         registry = Registry.for_project(project_root())
         self.watcher = None
         if not os.environ.get("LOOPLINE_MODEL_TAG") and registry.pointer.is_file():
@@ -165,10 +169,22 @@ class Predictor:
             self.request_log.record(request_id, served.version, frame, decoded)
         return {"model_version": served.version, "request_id": request_id, **decoded}
 
+    @bentoml.api(route="/feedback")
+    def feedback(
+        self, labels: Annotated[list[Label], Field(min_length=1, max_length=MAX_RECORDS)]  # type: ignore[valid-type]
+    ) -> dict[str, Any]:
+        """Ground truth for records served earlier, joined to the request log by request id and record."""
+        target = self.served.schema.target
+        frame = pd.DataFrame([label.model_dump() for label in labels]).rename(columns={"value": target})
+        frame["received_at"] = pd.Timestamp.now(tz="UTC")
+        self.ground_truth.put(frame)
+        return {"accepted": len(frame)}
+
     @bentoml.on_shutdown
     def shut_down(self) -> None:
         if self.watcher is not None:
             self.watcher.stopped.set()
+        self.ground_truth.close()
         if self.request_log is not None:
             self.request_log.close()
 

@@ -202,9 +202,10 @@ def test_bentoml_serves_the_production_model_behind_its_guards(project: Project,
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bentoml = str(Path(sys.executable).parent / "bentoml")
-    request_log = project.root / "request-log"
+    request_log, ground_truth = project.root / "request-log", project.root / "ground-truth"
     env = {**project.env(), "LOOPLINE_API_KEY": "s3cret", "LOOPLINE_MAX_BODY_BYTES": "100000",
-           "LOOPLINE_REQUEST_LOG": str(request_log), "LOOPLINE_REQUEST_LOG_FLUSH_SECONDS": "0.2"}
+           "LOOPLINE_REQUEST_LOG": str(request_log), "LOOPLINE_GROUND_TRUTH": str(ground_truth),
+           "LOOPLINE_REQUEST_LOG_FLUSH_SECONDS": "0.2"}
     server = subprocess.Popen([bentoml, "serve", "serving.service:Predictor", "--host", "127.0.0.1", "--port", str(port)],
                               cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -243,6 +244,12 @@ def test_bentoml_serves_the_production_model_behind_its_guards(project: Project,
         assert status == 200 and body["model_version"] == first and len(body["predictions"]) == 5
         assert body["request_id"] == "req-42" and headers["x-request-id"] == "req-42"
         served = body["predictions"]
+        truth = test["cnt"].tolist()
+        status, body, _ = post("/feedback", {"labels": [{"request_id": "req-42", "record": i, "value": int(v)}
+                                                        for i, v in enumerate(truth)]}, key)
+        assert status == 200 and body == {"accepted": 5}
+        status, body, _ = post("/feedback", {"labels": [{"request_id": "req-42", "value": "many"}]}, key)
+        assert status == 400 and [tuple(d["loc"]) for d in body["detail"]] == [("labels", 0, "value")]
 
         status, body, _ = post("/predict", {"records": [{**records[0], "season": "monsoon", "colour": "red"}]}, key)
         assert status == 400
@@ -269,6 +276,9 @@ def test_bentoml_serves_the_production_model_behind_its_guards(project: Project,
         assert logged[column].tolist() == pytest.approx([r[column] for r in records])
     assert logged["season"].tolist() == [r["season"] for r in records]
     assert not list(request_log.rglob(".*.tmp"))
+    labels = pd.concat(pd.read_parquet(f) for f in sorted(ground_truth.rglob("*.parquet")))
+    joined = logged.merge(labels, on=["request_id", "record"])
+    assert len(joined) == 5 and joined["cnt"].tolist() == pytest.approx(truth)
 
 
 def test_a_promotion_under_load_swaps_the_model_without_a_failed_request(project: Project, built) -> None:

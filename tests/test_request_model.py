@@ -83,3 +83,19 @@ def test_predictions_are_decoded_to_values_or_classes_with_probabilities() -> No
     binary = decode_predictions(np.array([0.25, 0.9]), ACS)
     assert binary["predictions"] == [0, 1]
     assert binary["probabilities"] == [{"0": 0.75, "1": 0.25}, {"0": 0.1, "1": 0.9}]
+
+
+def test_ground_truth_labels_are_typed_like_the_target() -> None:
+    from loopline.request_model import label_model
+
+    Label = label_model(BIKE)
+    assert Label.model_validate({"request_id": "r1", "record": 2, "value": 41}).value == 41
+    for bad, field in (({"request_id": "r1", "value": -1}, "value"), ({"request_id": "", "value": 3}, "request_id"),
+                       ({"request_id": "r1", "value": "many"}, "value"), ({"value": 3}, "request_id")):
+        with pytest.raises(ValidationError) as caught:
+            Label.model_validate(bad)
+        assert describe_errors(caught.value)[0]["field"] == field
+    acs_label = label_model(ACS)
+    assert acs_label.model_validate({"request_id": "r", "value": 1}).value == 1
+    with pytest.raises(ValidationError):
+        acs_label.model_validate({"request_id": "r", "value": 2})
