@@ -1,9 +1,17 @@
-"""ONNX Runtime sessions, shared by the export check, the registry and the HTTP service."""
+"""ONNX Runtime: sessions, predictions on raw rows and the golden-batch check, shared by the export
+check, promotion and the HTTP service."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from loopline.features import encode_features
+from loopline.schema import FeatureSchema
 
 
 def onnx_session(path: str | Path, device: str = "auto") -> Any:
@@ -19,3 +27,30 @@ def onnx_session(path: str | Path, device: str = "auto") -> Any:
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     return ort.InferenceSession(str(path), providers=providers)
+
+
+GOLDEN_FILE = "golden.json"
+"""Rows an exported model must reproduce (see models.export), kept beside it in the registry and BentoML's store."""
+EXPECTED_FILE = "golden_expected.json"
+"""The trained model's predictions on them, with the tolerance: {"predictions", "atol", "rtol"}."""
+
+
+def predict_frame(session: Any, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
+    """Raw rows through an ONNX model: the schema's encoding (loopline.features), then the graph."""
+    enc = encode_features(frame, schema)
+    return session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
+
+
+def read_golden(path: Path) -> pd.DataFrame:
+    return pd.DataFrame.from_records(json.loads(Path(path).read_text()))
+
+
+def reproduces_golden(session: Any, directory: Path, schema: FeatureSchema) -> bool | None:
+    """Whether the model reproduces the golden batch stored in `directory`; None when none is stored."""
+    golden, expected = Path(directory) / GOLDEN_FILE, Path(directory) / EXPECTED_FILE
+    if not (golden.is_file() and expected.is_file()):
+        return None
+    got = predict_frame(session, read_golden(golden), schema)
+    spec = json.loads(expected.read_text())
+    want = np.asarray(spec["predictions"], dtype=np.float64)
+    return got.shape == want.shape and bool(np.allclose(got, want, atol=spec["atol"], rtol=spec["rtol"]))

@@ -15,7 +15,6 @@ re-check the file later.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -32,7 +31,6 @@ from loopline.atomic import StagedOutputs, write_json
 from loopline.cli import run_stage
 from loopline.config import load_params
 from loopline.errors import LooplineError
-from loopline.features import encode_features
 from loopline.paths import ProjectPaths
 from loopline.registry import sha256_file
 from loopline.schema import FeatureSchema
@@ -105,10 +103,6 @@ def golden_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: (None if _is_missing(v) else v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
-def read_golden(path: Path) -> pd.DataFrame:
-    return pd.DataFrame.from_records(json.loads(path.read_text()))
-
-
 def _is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
 
@@ -172,17 +166,12 @@ def onnx_session(path: Path, device: str = "cpu"):
         raise ExportError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
 
 
-def onnx_predict(session, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
-    enc = encode_features(frame, schema)
-    return session.run([OUTPUT_NAME], {"numeric": enc.numeric, "categorical": enc.categorical})[0]
-
-
 def check_parity(model: TabularNet, session, golden: pd.DataFrame, schema: FeatureSchema,
                  atol: float, rtol: float, onnx_sha256: str) -> ParityReport:
     """The golden batch through both models, whole and in small batches (the batch axis is dynamic)."""
     expected = predict(model, golden, schema).astype(np.float64)
     sizes = (len(golden), 1, 7)
-    got = {size: np.concatenate([onnx_predict(session, golden.iloc[s:s + size], schema)
+    got = {size: np.concatenate([runtime.predict_frame(session, golden.iloc[s:s + size], schema)
                                  for s in range(0, len(golden), size)]).astype(np.float64)
            for size in sizes}
     diffs = np.stack([np.abs(g - expected) for g in got.values()])  # [sizes, rows(, classes)]

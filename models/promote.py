@@ -28,9 +28,9 @@ import yaml
 from loopline.atomic import write_json
 from loopline.config import load_params
 from loopline.errors import LooplineError
-from loopline.features import encode_features
 from loopline.paths import ProjectPaths
 from loopline.registry import BENTO_MODEL_NAME, CARD_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError, Version, now, sha256_file
+from loopline.runtime import EXPECTED_FILE, GOLDEN_FILE, predict_frame, read_golden, reproduces_golden
 from loopline.schema import FeatureSchema, schema_from_dict
 from models.evaluate import metrics_by_slice
 from models.gate import Evidence, GateReport, judge
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "pandas", "scikit-learn", "dvc", "bentoml")
 # Files a version keeps beside model.onnx, so that it can be re-checked and re-judged on its own.
-SCHEMA_FILE, GOLDEN_FILE, EXPECTED_FILE, TEST_ROWS_FILE = "schema.json", "golden.json", "golden_expected.json", "test.parquet"
+SCHEMA_FILE, TEST_ROWS_FILE = "schema.json", "test.parquet"
 
 
 class PromotionRefused(LooplineError):
@@ -50,9 +50,9 @@ class PromotionRefused(LooplineError):
 
 # ------------------------------------------------------------------------------- scoring with ONNX
 def onnx_predict_file(model_file: Path, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
-    from models.export import onnx_predict, onnx_session
+    from models.export import onnx_session
 
-    return onnx_predict(onnx_session(model_file), frame, schema)
+    return predict_frame(onnx_session(model_file), frame, schema)
 
 
 def _version_schema(version: Version) -> FeatureSchema:
@@ -232,7 +232,6 @@ def register_candidate(paths: ProjectPaths, registry: Registry) -> tuple[Version
                          cand.test, registry, params.evaluate.min_slice_rows)
     report = judge(params.gate, ev)
     meta = lineage(paths, cand, report)
-    from models.export import read_golden
     from models.inference import load_model, predict
 
     golden = read_golden(paths.golden_batch)
@@ -253,18 +252,15 @@ def register_candidate(paths: ProjectPaths, registry: Registry) -> tuple[Version
 
 def verify_loads(version: Version) -> None:
     """The file loads in ONNX Runtime and reproduces its golden batch."""
-    from models.export import ExportError, read_golden
+    from models.export import ExportError, onnx_session
 
-    schema = _version_schema(version)
     try:
-        got = onnx_predict_file(version.model, read_golden(version.file(GOLDEN_FILE)), schema)
+        ok = reproduces_golden(onnx_session(version.model), version.path, _version_schema(version))
     except ExportError as exc:
         raise PromotionRefused(str(exc)) from exc
     except Exception as exc:  # onnxruntime raises its own types on a broken graph or input
         raise PromotionRefused(f"{version.model}: ONNX Runtime cannot run the model: {exc}") from exc
-    spec = json.loads(version.file(EXPECTED_FILE).read_text())
-    expected = np.asarray(spec["predictions"], dtype=np.float64)
-    if got.shape != expected.shape or not np.allclose(got, expected, atol=spec["atol"], rtol=spec["rtol"]):
+    if not ok:
         raise PromotionRefused(f"{version.model}: ONNX Runtime's predictions on the golden batch differ from "
                                "the ones recorded at registration")
 

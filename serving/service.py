@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-import numpy as np
 import pandas as pd
 from fastapi import FastAPI
 from pydantic import Field
 
-from loopline.features import decode_predictions, encode_features
+from loopline.features import decode_predictions
 from loopline.paths import project_root
 from loopline.registry import BENTO_MODEL_NAME, Registry
 from loopline.request_model import label_model, record_model
-from loopline.runtime import onnx_session
+from loopline.runtime import onnx_session, predict_frame, reproduces_golden
 from loopline.schema import FeatureSchema, schema_from_dict
 from serving.guards import RequestGuard
 from serving.request_log import ParquetWindows, RequestLog
@@ -68,13 +67,8 @@ def load_served(tag: str) -> Served:
     schema_file = Path(model.path_of("schema.json"))
     schema = schema_from_dict(json.loads(schema_file.read_text()), source=str(schema_file))
     session = onnx_session(model.path_of("model.onnx"))
-    golden, expected = Path(model.path_of("golden.json")), Path(model.path_of("golden_expected.json"))
-    if golden.is_file() and expected.is_file():
-        enc = encode_features(pd.DataFrame.from_records(json.loads(golden.read_text())), schema)
-        got = session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
-        spec = json.loads(expected.read_text())
-        if not np.allclose(got, spec["predictions"], atol=spec["atol"], rtol=spec["rtol"]):
-            raise ValueError(f"{tag}: predictions on its golden batch differ from the recorded ones")
+    if reproduces_golden(session, Path(model.path), schema) is False:
+        raise ValueError(f"{tag}: predictions on its golden batch differ from the recorded ones")
     record = Path(model.path_of("version.json"))  # the registry's lineage record, packaged on promotion
     info = json.loads(record.read_text()) if record.is_file() else dict(model.info.metadata)
     return Served(str(model.tag.version), session, schema, info)
@@ -162,9 +156,7 @@ class Predictor:
         ctx.response.headers["x-request-id"] = request_id
         served = self.served  # this request's model, whatever a swap does meanwhile
         frame = pd.DataFrame([r.model_dump() for r in records], columns=[c.name for c in served.schema.features])
-        enc = encode_features(frame, served.schema)
-        out = served.session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
-        decoded = decode_predictions(out, served.schema)
+        decoded = decode_predictions(predict_frame(served.session, frame, served.schema), served.schema)
         if self.request_log is not None:
             self.request_log.record(request_id, served.version, frame, decoded)
         return {"model_version": served.version, "request_id": request_id, **decoded}

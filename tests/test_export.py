@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from conftest import Project
-from models.export import read_golden
+from loopline.runtime import read_golden
 
 
 def test_parity_holds_on_the_acs_classification_data(project: Project) -> None:
