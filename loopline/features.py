@@ -9,6 +9,7 @@ graph and the HTTP service all feed it the same raw values through this one func
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,40 @@ def encode_features(frame: pd.DataFrame, schema: FeatureSchema) -> EncodedFeatur
         index = {value: i for i, value in enumerate(col.categories)}
         categorical[:, j] = [index.get(_category_key(v), UNKNOWN) for v in frame[col.name].tolist()]
     return EncodedFeatures(numeric=numeric, categorical=categorical)
+
+
+class RecordEncoder:
+    """`encode_features` for records already in memory as mappings (parsed JSON): the same arrays, without
+    building a DataFrame, for the HTTP service's request path. An absent key counts as missing."""
+
+    def __init__(self, schema: FeatureSchema) -> None:
+        self.numeric_names = [c.name for c in schema.numeric_features]
+        # A dict lookup already treats 3.0 like 3 and finds no NaN or None, as _category_key does.
+        self.categorical = [(c.name, {value: i for i, value in enumerate(c.categories)})
+                            for c in schema.categorical_features]
+
+    def __call__(self, records: Sequence[Mapping[str, object]]) -> EncodedFeatures:
+        rows = len(records)
+        numeric = np.empty((rows, len(self.numeric_names)), dtype=np.float32)
+        for j, name in enumerate(self.numeric_names):
+            numeric[:, j] = np.array([r.get(name) for r in records], dtype=np.float64)  # None -> NaN
+        categorical = np.empty((rows, len(self.categorical)), dtype=np.int64)
+        for j, (name, index) in enumerate(self.categorical):
+            categorical[:, j] = [index.get(r.get(name), UNKNOWN) for r in records]
+        return EncodedFeatures(numeric=numeric, categorical=categorical)
+
+
+def prediction_columns(out: np.ndarray, schema: FeatureSchema) -> dict[str, np.ndarray]:
+    """A model's outputs as columns: `prediction`, and for classification `proba_<class>` per class."""
+    out = np.asarray(out, dtype=np.float64)
+    if not schema.task.is_classification:
+        return {"prediction": out.reshape(len(out))}
+    proba = np.column_stack([1 - out, out]) if out.ndim == 1 else out
+    classes = np.empty(len(schema.classes), dtype=object)
+    classes[:] = list(schema.classes)
+    columns = {"prediction": classes[proba.argmax(axis=1)]}
+    columns.update({f"proba_{c}": proba[:, i] for i, c in enumerate(schema.classes)})
+    return columns
 
 
 def encode_target(frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:

@@ -10,6 +10,7 @@ names the record, the field and what is wrong.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -57,23 +58,57 @@ def label_model(schema: FeatureSchema) -> type[BaseModel]:
     )
 
 
-def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """[{"field": "records[3].temp", "problem": "..."}] for each error, in the order pydantic found them."""
+def response_model(schema: FeatureSchema) -> type[BaseModel]:
+    """The body of a successful prediction (for the OpenAPI document): values for regression; for
+    classification the predicted class and each class's probability."""
+    fields: dict[str, Any] = {
+        "model_version": (str, Field(..., description="the registry version that answered")),
+        "request_id": (str, Field(..., description="the X-Request-ID sent, or one made for the request")),
+    }
+    if schema.task.is_classification:
+        fields["predictions"] = (list[Literal[tuple(schema.classes)]], Field(..., description="the predicted class per record"))  # type: ignore[misc]
+        fields["probabilities"] = (list[dict[str, float]], Field(..., description="each class's probability per record"))
+    else:
+        fields["predictions"] = (list[float], Field(..., description=f"the predicted {schema.target} per record"))
+    return create_model(f"{_identifier(schema.name)}_prediction", **fields)
+
+
+def describe_errors(errors: ValidationError | Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """[{"field": "records[3].temp", "problem": "..."}] for each error, in the order pydantic found them.
+
+    Takes a ValidationError or its `errors()` list (as BentoML reports them, without the input values)."""
+    if isinstance(errors, ValidationError):
+        errors = errors.errors(include_url=False)
     out = []
-    for err in exc.errors(include_url=False):
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
         path = ""
-        for part in err["loc"]:
+        for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        problem = err["msg"]
-        in_record = len(err["loc"]) == 3  # ("records", index, field)
-        if err["type"] == "extra_forbidden":
+        problem = str(err.get("msg", "invalid"))
+        in_record = len(loc) == 3  # ("records", index, field)
+        kind = err.get("type")
+        if kind == "extra_forbidden":
             problem = "unknown field: not a feature of the model's schema" if in_record else "unknown field"
-        elif err["type"] == "missing":
+        elif kind == "missing":
             problem = "missing: the column is not nullable, so the field is required" if in_record else "missing"
-        elif err["type"] == "literal_error":
-            problem = f"{err.get('input')!r} is not one of the categories: {err['msg'].removeprefix('Input should be ')}"
+        elif kind == "literal_error":
+            allowed = problem.removeprefix("Input should be ")
+            problem = (f"{err['input']!r} is not one of the categories: {allowed}" if "input" in err
+                       else f"not one of the categories: {allowed}")
+        elif kind == "json_invalid":
+            problem = f"the body is not valid JSON ({err.get('ctx', {}).get('error', problem)})"
+        elif kind == "model_type" and not loc:
+            problem = "the body must be a JSON object"
         out.append({"field": path or "body", "problem": problem})
     return out
+
+
+def error_body(problems: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """A 400 response body: a one-line summary naming the first problem, then every problem."""
+    first = problems[0] if problems else {"field": "body", "problem": "invalid request"}
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return {"error": f"invalid request: {first['field']}: {first['problem']}{more}", "problems": list(problems)}
 
 
 def _identifier(name: str) -> str:

@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopline.features import encode_features
+from loopline.features import EncodedFeatures, encode_features
 from loopline.schema import FeatureSchema
 
 
-def onnx_session(path: str | Path, device: str = "auto") -> Any:
+def onnx_session(path: str | Path, device: str = "auto", threads: int | None = None) -> Any:
     """A session on CUDA when asked for ("cuda"), or allowed ("auto") and really usable; CPU otherwise.
+    `threads` caps the CPU threads one call uses (ONNX Runtime's default: one per core).
 
     onnxruntime-gpu lists the CUDA provider even on a machine without CUDA's libraries and then falls
     back to the CPU; `session.get_providers()` says what is really in use.
@@ -26,7 +27,10 @@ def onnx_session(path: str | Path, device: str = "auto") -> Any:
     providers = ["CPUExecutionProvider"]
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), providers=providers)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
 GOLDEN_FILE = "golden.json"
@@ -37,7 +41,11 @@ EXPECTED_FILE = "golden_expected.json"
 
 def predict_frame(session: Any, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
     """Raw rows through an ONNX model: the schema's encoding (loopline.features), then the graph."""
-    enc = encode_features(frame, schema)
+    return run_encoded(session, encode_features(frame, schema))
+
+
+def run_encoded(session: Any, enc: EncodedFeatures) -> np.ndarray:
+    """The graph on inputs already encoded (loopline.features): its first output."""
     return session.run(None, {"numeric": enc.numeric, "categorical": enc.categorical})[0]
 
 

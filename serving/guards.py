@@ -1,15 +1,22 @@
-"""ASGI guards in front of the service: an optional API key and a request-size limit.
+"""ASGI guards in front of the service: an optional API key, a request-size limit, and Loopline's own
+wording for invalid requests.
 
-Both answer before BentoML reads or parses the body, with a JSON error that says what to change.
-Health, readiness, metrics and the OpenAPI document stay open, so probes and scrapers need no key.
+The key, the body's media type (JSON only: 415 otherwise) and its size are checked before BentoML reads
+or parses the body, with a JSON error that says what to change. Health, readiness, metrics and the OpenAPI document stay open, so probes and scrapers
+need no key. A 400 from BentoML's input validation (pydantic's error list) is rewritten on its way out
+into `{"error": "<summary>", "problems": [{"field": "records[0].temp", "problem": "..."}]}`, and
+`quiet_validation_errors` turns BentoML's traceback for each of them into one log line.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from loopline.request_model import describe_errors, error_body
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -40,11 +47,13 @@ class RequestGuard:
             return await send_json(send, 401, {"error": "missing or wrong API key: send the header "
                                                         "'Authorization: Bearer <key>' (or 'X-API-Key: <key>')"},
                                    [(b"www-authenticate", b"Bearer")])
+        if scope["method"] == "POST" and not _is_json(headers.get(b"content-type")):
+            return await send_json(send, 415, {"error": "the body must be JSON: send 'Content-Type: application/json'"})
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit() or int(declared) > self.max_body_bytes:
                 return await self._too_large(send)
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, reword_client_errors(send))
         # No declared length (chunked): read up to the limit, then hand the body on.
         chunks, size = [], 0
         while True:
@@ -67,7 +76,7 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, send)
+        return await self.app(scope, replay, reword_client_errors(send))
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         supplied = headers.get(b"authorization", b"")
@@ -77,3 +86,66 @@ class RequestGuard:
     async def _too_large(self, send: Send) -> None:
         await send_json(send, 413, {"error": f"request body over {self.max_body_bytes} bytes: send fewer records "
                                              "per request (LOOPLINE_MAX_BODY_BYTES sets the limit)"})
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    """No Content-Type (BentoML then reads JSON) or application/json, with or without parameters."""
+    return content_type is None or content_type.split(b";")[0].strip().lower() == b"application/json"
+
+
+def reword_client_errors(send: Send) -> Send:
+    """`send`, except that a JSON 400 body from BentoML becomes Loopline's error body (see the module doc)."""
+    held: dict[str, Any] | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start":
+            if message["status"] == 400:
+                held = message
+                return
+            return await send(message)
+        if held is None or message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = reword(b"".join(chunks))
+        headers = [(k, v) for k, v in held["headers"] if k.lower() not in (b"content-length", b"content-type")]
+        await send({**held, "headers": [*headers, (b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
+def reword(body: bytes) -> bytes:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return json.dumps({"error": body.decode(errors="replace")}).encode()
+    if isinstance(parsed, list) and len(parsed) == 1:  # BentoML wraps some client errors in a list
+        parsed = parsed[0]
+    if isinstance(parsed, dict) and isinstance(parsed.get("detail"), list):
+        return json.dumps(error_body(describe_errors(parsed["detail"]))).encode()
+    if isinstance(parsed, dict) and "error" in parsed:
+        return json.dumps({"error": str(parsed["error"])}).encode()
+    return body
+
+
+class _QuietValidationErrors(logging.Filter):
+    """BentoML logs every invalid request as an ERROR with the pydantic traceback; that is the client's
+    mistake, answered with a 400 that names it, so it becomes one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "ValidationError":
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "%s: %d invalid field(s), answered 400", (record.args[0] if record.args else "request",
+                                                                                  exc.error_count())
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_validation_errors() -> None:
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietValidationErrors())

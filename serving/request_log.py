@@ -1,11 +1,12 @@
 """The request log: every served record, for monitoring, written off the request's critical path.
 
-`record()` only puts the request's rows on a queue. A writer thread collects them and writes one Parquet
-file per window, when `flush_seconds` have passed since the window opened or `flush_rows` rows are
-waiting, under `<directory>/date=YYYY-MM-DD/part-<time>-<pid>-<n>.parquet`; each file is written under
-a temporary name and renamed, so a reader never sees half a file. Columns: request_id, record (its
-index in the request), served_at (UTC), model_version, every feature as received, prediction, and for
-classification `proba_<class>`.
+`record()` only puts the arrays the model was given and its outputs on a queue. A writer thread collects
+them and writes one Parquet file per window, decoded as one table when `flush_seconds` have passed since
+the window opened or `flush_rows` rows are waiting, under
+`<directory>/date=YYYY-MM-DD/part-<time>-<pid>-<n>.parquet`; each file is written under a temporary name
+and renamed, so a reader never sees half a file. Columns: request_id, record (its index in the request),
+served_at (UTC), model_version, every feature as the model saw it (numbers as float32), prediction, and
+for classification `proba_<class>`.
 
 Durability: a crash loses at most the rows of the open window (`flush_seconds`, 5 s by default); a clean
 shutdown (`close()`) writes everything. Several worker processes write side by side (the pid is in
@@ -23,16 +24,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from loopline.features import EncodedFeatures, prediction_columns
+from loopline.schema import FeatureSchema
 
 log = logging.getLogger(__name__)
 _STOP = object()
 
 
 class ParquetWindows:
-    """Rows put on a queue, written by a thread as one Parquet file per window (see the module doc)."""
+    """Items put on a queue, written by a thread as one Parquet file per window (see the module doc).
 
-    def __init__(self, directory: Path, flush_seconds: float = 5.0, flush_rows: int = 10_000) -> None:
+    An item is a DataFrame here; subclasses queue whatever is cheapest on the request path and turn a
+    whole window of items into one frame in the writer thread (`_to_frame`)."""
+
+    def __init__(self, directory: Path, flush_seconds: float = 5.0, flush_rows: int = 100_000) -> None:
         self.directory = Path(directory)
         self.flush_seconds = flush_seconds
         self.flush_rows = flush_rows
@@ -42,12 +50,15 @@ class ParquetWindows:
         self._thread.start()
 
     def put(self, item: Any) -> None:
-        """Queue an item for the writer thread; `_frame` turns it into rows there."""
+        """Queue an item for the writer thread (no I/O, no copying)."""
         self._queue.put(item)
 
     @staticmethod
-    def _frame(item: Any) -> pd.DataFrame:
-        return item
+    def _rows(item: Any) -> int:
+        return len(item)
+
+    def _to_frame(self, items: list[Any]) -> pd.DataFrame:
+        return pd.concat(items, ignore_index=True)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is waiting and stop the writer."""
@@ -56,7 +67,7 @@ class ParquetWindows:
 
     # ------------------------------------------------------------------------------------ writer
     def _run(self) -> None:
-        pending: list[pd.DataFrame] = []
+        pending: list[Any] = []
         rows, opened = 0, time.monotonic()
         while True:
             timeout = max(0.0, self.flush_seconds - (time.monotonic() - opened)) if pending else None
@@ -70,18 +81,17 @@ class ParquetWindows:
             if item is not None:
                 if not pending:
                     opened = time.monotonic()
-                frame = self._frame(item)
-                pending.append(frame)
-                rows += len(frame)
+                pending.append(item)
+                rows += self._rows(item)
             if pending and (rows >= self.flush_rows or time.monotonic() - opened >= self.flush_seconds):
                 self._write(pending)
                 pending, rows = [], 0
 
-    def _write(self, pending: list[pd.DataFrame]) -> None:
+    def _write(self, pending: list[Any]) -> None:
         if not pending:
             return
         try:
-            frame = pd.concat(pending, ignore_index=True)
+            frame = self._to_frame(pending)
             now = datetime.now(timezone.utc)
             folder = self.directory / f"date={now:%Y-%m-%d}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -91,26 +101,53 @@ class ParquetWindows:
             frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object}).to_parquet(tmp, index=False)
             os.replace(tmp, folder / name)
         except Exception:  # the service keeps serving; the failure and the rows lost are logged
-            log.exception("could not write %d rows to %s", sum(len(p) for p in pending), self.directory)
+            log.exception("could not write %d rows to %s", sum(self._rows(p) for p in pending), self.directory)
 
 
 class RequestLog(ParquetWindows):
-    """Served records: request id, record index, time, model version, features, prediction, probabilities."""
+    """Served records: request id, record index, time, model version, features, prediction, probabilities.
 
-    def record(self, request_id: str, model_version: str, features: pd.DataFrame, decoded: dict[str, list]) -> None:
-        """Queue the request's rows (no I/O here); `decoded` is loopline.features.decode_predictions' output."""
-        self.put((request_id, model_version, datetime.now(timezone.utc), features, decoded))
+    The request path queues the arrays the model was given and its outputs; the writer thread decodes a
+    whole window at once: numeric features as float32, categorical ones (and request ids, versions and
+    predicted classes) dictionary-encoded with the schema's values as the categories."""
+
+    def __init__(self, directory: Path, schema: FeatureSchema, flush_seconds: float = 5.0,
+                 flush_rows: int = 100_000) -> None:
+        self.schema = schema
+        super().__init__(directory, flush_seconds, flush_rows)
+
+    def record(self, request_id: str, model_version: str, features: EncodedFeatures, outputs: np.ndarray) -> None:
+        """Queue one request's encoded records and the model's outputs for them (no I/O, no copying)."""
+        self.put((request_id, model_version, np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us"),
+                  features, outputs))
 
     @staticmethod
-    def _frame(item: Any) -> pd.DataFrame:
-        request_id, version, served_at, features, decoded = item
-        frame = features.reset_index(drop=True).copy()
-        frame.insert(0, "model_version", version)
-        frame.insert(0, "served_at", pd.Timestamp(served_at))
-        frame.insert(0, "record", range(len(frame)))
-        frame.insert(0, "request_id", request_id)
-        frame["prediction"] = decoded["predictions"]
-        for row_index, probabilities in enumerate(decoded.get("probabilities", [])):
-            for cls, p in probabilities.items():
-                frame.loc[row_index, f"proba_{cls}"] = p
-        return frame
+    def _rows(item: Any) -> int:
+        return len(item[3])
+
+    def _to_frame(self, items: list[Any]) -> pd.DataFrame:
+        counts = [len(item[3]) for item in items]
+        numeric = np.concatenate([item[3].numeric for item in items])
+        categorical = np.concatenate([item[3].categorical for item in items])
+        columns: dict[str, Any] = {
+            "request_id": _repeated([item[0] for item in items], counts),
+            "record": np.concatenate([np.arange(n) for n in counts]),
+            "served_at": pd.DatetimeIndex(np.repeat(np.array([item[2] for item in items]), counts), tz="UTC"),
+            "model_version": _repeated([item[1] for item in items], counts),
+        }
+        numeric_at = {c.name: j for j, c in enumerate(self.schema.numeric_features)}
+        categorical_at = {c.name: j for j, c in enumerate(self.schema.categorical_features)}
+        for col in self.schema.features:  # in the schema's order; a missing category (-1) becomes null
+            columns[col.name] = (numeric[:, numeric_at[col.name]] if col.name in numeric_at else
+                                 pd.Categorical.from_codes(categorical[:, categorical_at[col.name]],
+                                                           categories=list(col.categories)))
+        columns.update(prediction_columns(np.concatenate([item[4] for item in items]), self.schema))
+        if self.schema.task.is_classification:
+            columns["prediction"] = pd.Categorical(columns["prediction"], categories=list(self.schema.classes))
+        return pd.DataFrame(columns)
+
+
+def _repeated(values: list[str], counts: list[int]) -> pd.Categorical:
+    """One value per request repeated for its records, dictionary-encoded (cheap to build and to store)."""
+    codes, uniques = pd.factorize(np.array(values, dtype=object))
+    return pd.Categorical.from_codes(np.repeat(codes, counts), categories=uniques)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -165,3 +173,107 @@ def sensor_project(project: Project) -> Project:
     project.set_params(data={"source": "file", "path": "data/external/sensors.csv", "schema": "schemas/sensors.yaml"})
     project.commit("use the sensors CSV")
     return project
+
+
+# ------------------------------------------------------------------------------------------- serving
+FAST_TRAIN = {"checks": {"skip": ["input_independent_baseline"]}}
+
+
+def registered_id(output: str) -> str:
+    return output.splitlines()[0].split(": ")[1]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> tuple[Project, str, str, Path]:
+    """A bike project whose pipeline ran twice (two different models), both registered, none promoted;
+    the registry is kept aside as a seed that each test copies back."""
+    proj = new_project(tmp_path_factory.mktemp("registry"))
+    proj.set_params(train=FAST_TRAIN)
+    proj.dvc("repro")
+    first = registered_id(proj.loopline("register").stdout)
+    proj.set_params(train={**FAST_TRAIN, "model": {"hidden": [32]}})
+    proj.dvc("repro")
+    second = registered_id(proj.loopline("register").stdout)
+    assert first != second
+    seed = proj.root.parent / "seed-registry"
+    shutil.move(proj.root / "registry", seed)
+    return proj, first, second, seed
+
+
+def reset_registry(built: tuple[Project, str, str, Path]) -> Project:
+    """The built project with a fresh copy of the two-version registry."""
+    proj, _, _, seed = built
+    shutil.rmtree(proj.root / "registry", ignore_errors=True)
+    shutil.copytree(seed, proj.root / "registry")
+    return proj
+
+
+def feature_records(project: Project, version: str, rows: int) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """The first `rows` test rows as request records (the model's features only), and the rows themselves."""
+    from loopline.schema import schema_from_dict
+
+    schema = schema_from_dict(json.loads(project.path(f"registry/versions/{version}/schema.json").read_text()))
+    test = project.read_parquet("data/prepared/test.parquet").head(rows)
+    return json.loads(test[[c.name for c in schema.features]].to_json(orient="records")), test
+
+
+class Server:
+    """`bentoml serve serving.service:Predictor` in a project, as a user starts it, on 127.0.0.1."""
+
+    def __init__(self, project: Project, env: dict[str, str], log: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = log
+        bentoml = str(Path(sys.executable).parent / "bentoml")
+        self.process = subprocess.Popen(
+            [bentoml, "serve", "serving.service:Predictor", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=project.root, env={**project.env(), **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.base + "/readyz", timeout=2):  # probes need no key
+                    return
+            except OSError:
+                assert self.process.poll() is None, self.log.read_text()
+                time.sleep(0.5)
+        raise TimeoutError(f"service not ready after {timeout} s:\n{self.log.read_text()}")
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"content-type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read()), dict(response.headers)
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read()), dict(err.headers)
+
+    def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        return self.request("POST", path, body, headers)
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        return self.request("GET", path, None, headers)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def serving(project: Project, log: Path | None = None, **env: str) -> Iterator[Server]:
+    server = Server(project, env, log or project.root / "server.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

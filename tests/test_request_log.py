@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pandas as pd
 
+from conftest import REPO
+from loopline.features import RecordEncoder
+from loopline.schema import load_schema
 from serving.request_log import RequestLog
+
+ACS = load_schema(REPO / "schemas/acs.yaml")
 
 
 def test_records_from_many_threads_all_reach_parquet_files_and_close_flushes_the_rest(tmp_path) -> None:
-    log = RequestLog(tmp_path, flush_seconds=0.05, flush_rows=7)
+    log = RequestLog(tmp_path, ACS, flush_seconds=0.05, flush_rows=7)
+    encode = RecordEncoder(ACS)
+    numeric, categorical = ACS.numeric_features[0], ACS.categorical_features[0]
 
     def serve(thread: int) -> None:
         for i in range(20):
-            features = pd.DataFrame({"temp": [float(i), float(i) + 0.5], "site": ["north", None]})
-            decoded = {"predictions": ["yes", "no"], "probabilities": [{"no": 0.2, "yes": 0.8}, {"no": 0.9, "yes": 0.1}]}
-            log.record(f"t{thread}-r{i}", "v1", features, decoded)
+            records = [{numeric.name: float(i), categorical.name: categorical.categories[1]},
+                       {numeric.name: float(i) + 0.5}]  # the categorical field left out: null
+            log.record(f"t{thread}-r{i}", "v1", encode(records), np.array([0.8, 0.1]))
 
     threads = [threading.Thread(target=serve, args=(t,)) for t in range(4)]
     for t in threads:
@@ -30,9 +38,13 @@ def test_records_from_many_threads_all_reach_parquet_files_and_close_flushes_the
     frame = pd.concat(pd.read_parquet(f) for f in files)
     assert len(frame) == 4 * 20 * 2
     assert all(sorted(records) == [0, 1] for _, records in frame.groupby("request_id")["record"])
-    assert set(frame.columns) >= {"request_id", "record", "served_at", "model_version", "temp", "site",
-                                  "prediction", "proba_no", "proba_yes"}
+    classes = [str(c) for c in ACS.classes]
+    assert list(frame.columns) == ["request_id", "record", "served_at", "model_version",
+                                   *[c.name for c in ACS.features], "prediction", *[f"proba_{c}" for c in classes]]
     first = frame[(frame["request_id"] == "t0-r3")].sort_values("record")
-    assert first["temp"].tolist() == [3.0, 3.5] and first["prediction"].tolist() == ["yes", "no"]
-    assert first["proba_yes"].tolist() == [0.8, 0.1]
+    assert first[numeric.name].tolist() == [3.0, 3.5]
+    assert first[categorical.name].iloc[0] == categorical.categories[1] and pd.isna(first[categorical.name].iloc[1])
+    assert first["prediction"].tolist() == [ACS.classes[1], ACS.classes[0]]
+    assert first[f"proba_{classes[1]}"].tolist() == [0.8, 0.1]
+    assert str(frame["served_at"].dtype) == "datetime64[us, UTC]"
     assert not list(tmp_path.rglob(".*.tmp"))

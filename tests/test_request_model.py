@@ -61,7 +61,7 @@ def test_a_bad_record_is_refused_with_its_field_and_problem(record, field, probl
     ({"records": [GOOD] * 4}, "records", "at most 3 items"),
     ({}, "records", "missing"),
     ({"records": [GOOD], "extra": 1}, "extra", "unknown field"),
-    ([GOOD], "body", "valid dictionary"),
+    ([GOOD], "body", "must be a JSON object"),
 ])
 def test_a_bad_request_body_is_refused_with_what_is_wrong(body, field, problem) -> None:
     found = problems(body)
@@ -99,3 +99,40 @@ def test_ground_truth_labels_are_typed_like_the_target() -> None:
     assert acs_label.model_validate({"request_id": "r", "value": 1}).value == 1
     with pytest.raises(ValidationError):
         acs_label.model_validate({"request_id": "r", "value": 2})
+
+
+def test_errors_reported_without_their_inputs_are_described_just_as_precisely() -> None:
+    """BentoML reports pydantic's errors without the input values; the service rewords those lists."""
+    from loopline.request_model import error_body
+
+    with pytest.raises(ValidationError) as caught:
+        Request.model_validate({"records": [{**GOOD, "season": "monsoon", "colour": "red"}]})
+    reported = caught.value.errors(include_url=False, include_context=False, include_input=False)
+    found = describe_errors(reported)
+    assert found == [
+        {"field": "records[0].season", "problem": "not one of the categories: 'spring', 'summer', 'fall' or 'winter'"},
+        {"field": "records[0].colour", "problem": "unknown field: not a feature of the model's schema"}]
+    body = error_body(found)
+    assert body["error"] == ("invalid request: records[0].season: not one of the categories: 'spring', 'summer', "
+                             "'fall' or 'winter' (and 1 more)")
+    assert body["problems"] == found
+    with pytest.raises(ValidationError) as caught:
+        Request.model_validate_json(b"{not json")
+    assert describe_errors(caught.value)[0]["field"] == "body"
+    assert describe_errors(caught.value)[0]["problem"].startswith("the body is not valid JSON")
+
+
+def test_records_encode_without_a_dataframe_exactly_as_the_training_encoding_does() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from loopline.features import RecordEncoder
+
+    records = [GOOD, {**GOOD, "weathersit": None, "hr": 23, "temp": 12.345678}, {k: v for k, v in GOOD.items()
+                                                                               if k != "weathersit"},
+               {**GOOD, "season": "monsoon", "hr": 7.0, "hum": None}]  # values validation would refuse, too
+    fast = RecordEncoder(BIKE)(records)
+    slow = encode_features(pd.DataFrame(records, columns=[c.name for c in BIKE.features]), BIKE)
+    np.testing.assert_array_equal(fast.numeric, slow.numeric)
+    np.testing.assert_array_equal(fast.categorical, slow.categorical)
+    assert fast.numeric.dtype == np.float32 and fast.categorical.dtype == np.int64

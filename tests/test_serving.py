@@ -1,0 +1,283 @@
+"""The HTTP service, started as a user starts it (`bentoml serve` on 127.0.0.1), over real models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+
+from conftest import Project, Server, feature_records, new_project, registered_id, reset_registry, serving
+from loopline.registry import Registry
+from loopline.runtime import read_golden
+
+KEY = {"authorization": "Bearer s3cret"}
+MAX_RECORDS = 50
+
+
+@pytest.fixture(scope="module")
+def bike(built, tmp_path_factory):
+    """The first bike model in production, served with an API key, a 100 kB body limit, at most 50
+    records a request, and the request log and ground truth written to the project."""
+    project = reset_registry(built)
+    first = built[1]
+    project.loopline("promote", first)
+    logs = tmp_path_factory.mktemp("served")
+    env = {"LOOPLINE_API_KEY": "s3cret", "LOOPLINE_MAX_BODY_BYTES": "100000", "LOOPLINE_MAX_RECORDS": str(MAX_RECORDS),
+           "LOOPLINE_REQUEST_LOG": str(logs / "requests"), "LOOPLINE_GROUND_TRUTH": str(logs / "ground-truth"),
+           "LOOPLINE_REQUEST_LOG_FLUSH_SECONDS": "0.2"}
+    with serving(project, log=logs / "server.log", **env) as server:
+        records, rows = feature_records(project, first, 5)
+        yield server, first, records, rows, logs
+
+
+def test_predict_answers_with_the_production_version_and_echoes_the_request_id(bike) -> None:
+    server, first, records, _, _ = bike
+    status, body, headers = server.post("/predict", {"records": records}, {**KEY, "x-request-id": "req-1"})
+    assert status == 200 and body["model_version"] == first and len(body["predictions"]) == 5
+    assert all(isinstance(p, float) and p >= 0 for p in body["predictions"])
+    assert body["request_id"] == "req-1" and headers["x-request-id"] == "req-1"
+    status, body, headers = server.post("/predict", {"records": records[:1]}, KEY)
+    assert status == 200 and len(body["request_id"]) == 32 and headers["x-request-id"] == body["request_id"]
+
+
+def test_metadata_names_the_version_the_providers_in_use_the_lineage_and_the_schema(bike) -> None:
+    server, first, *_ = bike
+    status, info, _ = server.get("/metadata", KEY)
+    assert status == 200 and info["model_version"] == first and info["providers"] == ["CPUExecutionProvider"]
+    assert info["model"]["sha256"].startswith(first) and info["model"]["gate"]["passed"] is True
+    assert info["model"]["metrics"]["model"]["mae"] > 0 and info["schema"]["target"] == "cnt"
+
+
+def test_health_metrics_and_the_openapi_document_need_no_key(bike) -> None:
+    import urllib.request
+
+    server = bike[0]
+    for path in ("/readyz", "/livez", "/metrics", "/docs.json"):
+        with urllib.request.urlopen(server.base + path, timeout=10) as response:
+            assert response.status == 200, path
+    with urllib.request.urlopen(server.base + "/docs.json", timeout=10) as response:
+        document = json.loads(response.read())
+    record = document["components"]["schemas"]["bike_sharing_hourly_record"]
+    assert record["additionalProperties"] is False and record["properties"]["temp"]["maximum"] == 50
+
+
+def _records(bike, **changes):
+    records = [dict(r) for r in bike[2][:1]]
+    for field, value in changes.items():
+        if value is ...:
+            records[0].pop(field)
+        else:
+            records[0][field] = value
+    return {"records": records}
+
+
+BAD_REQUESTS = [
+    # (case, body or a function of the fixture, headers, status, field, words in the problem)
+    ("missing field", lambda b: _records(b, temp=...), KEY, 400, "records[0].temp", "missing"),
+    ("wrong type", lambda b: _records(b, temp="warm"), KEY, 400, "records[0].temp", "valid number"),
+    ("out of range", lambda b: _records(b, temp=99), KEY, 400, "records[0].temp", "less than or equal to 50"),
+    ("unknown category", lambda b: _records(b, season="monsoon"), KEY, 400, "records[0].season",
+     "not one of the categories: 'spring', 'summer', 'fall' or 'winter'"),
+    ("null where not nullable", lambda b: _records(b, hum=None), KEY, 400, "records[0].hum", "valid number"),
+    ("unknown field", lambda b: _records(b, colour="red"), KEY, 400, "records[0].colour", "unknown field"),
+    ("empty list", {"records": []}, KEY, 400, "records", "at least 1 item"),
+    ("too many records", lambda b: {"records": b[2][:1] * (MAX_RECORDS + 1)}, KEY, 400, "records",
+     f"at most {MAX_RECORDS} items"),
+    ("no records key", {"rows": []}, KEY, 400, "records", "missing"),
+    ("not an object", [1, 2], KEY, 400, "body", "must be a JSON object"),
+    ("non-JSON", b"temp=20&hum=50", KEY, 400, "body", "not valid JSON"),
+    ("huge body", b"x" * 200_000, KEY, 413, None, "over 100000 bytes"),
+    ("not JSON content", lambda b: _records(b), {**KEY, "content-type": "multipart/form-data"}, 415, None,
+     "Content-Type: application/json"),
+    ("missing API key", lambda b: _records(b), {}, 401, None, "API key"),
+    ("wrong API key", lambda b: _records(b), {"authorization": "Bearer wrong"}, 401, None, "API key"),
+    ("wrong X-API-Key", lambda b: _records(b), {"x-api-key": "wrong"}, 401, None, "API key"),
+]
+
+
+@pytest.mark.parametrize("case, body, headers, status, field, words", BAD_REQUESTS, ids=[r[0] for r in BAD_REQUESTS])
+def test_a_bad_request_gets_a_4xx_that_names_the_field_and_the_problem(bike, case, body, headers, status, field, words):
+    server = bike[0]
+    got, answer, _ = server.post("/predict", body(bike) if callable(body) else body, headers)
+    assert got == status, answer
+    assert isinstance(answer["error"], str)
+    if field is None:
+        assert words in answer["error"]
+    else:
+        assert answer["problems"][0]["field"] == field and words in answer["problems"][0]["problem"]
+        assert answer["error"].startswith(f"invalid request: {field}: ")
+
+
+def test_rejected_requests_are_one_log_line_each_not_a_traceback(bike) -> None:
+    server, *_, logs = bike
+    server.post("/predict", _records(bike, season="monsoon"), KEY)
+    text = (logs / "server.log").read_text()
+    assert "/predict: 1 invalid field(s), answered 400" in text
+    assert "Traceback" not in text and "[ERROR]" not in text
+
+
+def test_schemathesis_finds_no_server_error_in_any_documented_operation(bike, tmp_path) -> None:
+    server = bike[0]
+    report = tmp_path / "junit.xml"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "schemathesis"), "run", f"{server.base}/docs.json",
+         "--checks", "not_a_server_error", "--header", "Authorization: Bearer s3cret",
+         "--max-examples", "60", "--seed", "1", "--report", "junit", "--report-junit-path", str(report)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)  # its cache stays out of the checkout
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    cases = report.read_text()
+    assert "POST /predict" in cases and "POST /feedback" in cases, cases
+
+
+def test_the_request_log_holds_each_served_record_and_ground_truth_joins_it(bike) -> None:
+    server, first, records, rows, logs = bike
+    status, body, _ = server.post("/predict", {"records": records}, {**KEY, "x-request-id": "req-logged"})
+    assert status == 200
+    truth = rows["cnt"].tolist()
+    labels = [{"request_id": "req-logged", "record": i, "value": int(v)} for i, v in enumerate(truth)]
+    assert server.post("/feedback", {"labels": labels}, KEY)[:2] == (200, {"accepted": 5})
+    status, answer, _ = server.post("/feedback", {"labels": [{"request_id": "req-logged", "value": "many"}]}, KEY)
+    assert status == 400 and answer["problems"][0]["field"] == "labels[0].value"
+
+    deadline = time.monotonic() + 30
+    logged = labelled = pd.DataFrame()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if list((logs / "requests").rglob("*.parquet")) and list((logs / "ground-truth").rglob("*.parquet")):
+            logged = pd.concat(pd.read_parquet(f) for f in (logs / "requests").rglob("*.parquet"))
+            labelled = pd.concat(pd.read_parquet(f) for f in (logs / "ground-truth").rglob("*.parquet"))
+            if (logged["request_id"] == "req-logged").sum() == 5 and len(labelled) >= 5:
+                break
+    mine = logged[logged["request_id"] == "req-logged"].sort_values("record")
+    assert mine["record"].tolist() == list(range(5)) and (mine["model_version"] == first).all()
+    assert mine["prediction"].tolist() == pytest.approx(body["predictions"])
+    for column in ("temp", "hum", "windspeed"):
+        assert mine[column].tolist() == pytest.approx([r[column] for r in records], rel=1e-6)
+    assert mine["season"].astype(str).tolist() == [r["season"] for r in records]
+    assert not list(logs.rglob(".*.tmp"))
+    joined = mine.astype({"request_id": str}).merge(labelled, on=["request_id", "record"])
+    assert len(joined) == 5 and joined["cnt"].tolist() == pytest.approx(truth)
+    # Only accepted requests reach the log: every logged request id answered 200.
+    assert set(logged["request_id"].astype(str)) >= {"req-1", "req-logged"}
+
+
+# ------------------------------------------------------------------------------------------ ACS
+@pytest.fixture(scope="module")
+def acs(tmp_path_factory) -> tuple[Project, str]:
+    """The ACS employment classifier (one epoch), exported, registered and put in production."""
+    project = new_project(tmp_path_factory.mktemp("acs"))
+    project.set_params(data={"source": "acs"},
+                       train={"epochs": 1, "checks": {"skip": ["loss_at_init", "overfit_one_batch",
+                                                               "input_independent_baseline", "gradients"]}})
+    project.dvc("repro", "export", "evaluate")
+    version = registered_id(project.loopline("register").stdout)
+    project.loopline("promote", version, "--force", "--reason", "test: a one-epoch model")
+    return project, version
+
+
+def test_the_exported_acs_classifier_matches_the_trained_one(acs) -> None:
+    project, _ = acs
+    parity = json.loads(project.path("reports/export/parity.json").read_text())
+    assert parity["passed"], parity
+    assert parity["max_abs_diff"] <= parity["atol"]  # probabilities: the absolute bound alone holds
+    golden = read_golden(project.path("artifacts/onnx/golden.json"))
+    assert (golden == "__not_a_category__").any().any()  # unseen values are part of the batch
+    session = ort.InferenceSession(str(project.path("artifacts/onnx/model.onnx")), providers=["CPUExecutionProvider"])
+    n_num, n_cat = session.get_inputs()[0].shape[1], session.get_inputs()[1].shape[1]
+    for batch in (1, 1024):
+        out = session.run(None, {"numeric": np.zeros((batch, n_num), np.float32),
+                                 "categorical": np.full((batch, n_cat), -1, np.int64)})[0]
+        assert out.shape == (batch,) and ((out >= 0) & (out <= 1)).all()
+
+
+def test_the_acs_classifier_is_served_with_class_probabilities(acs) -> None:
+    project, version = acs
+    records, rows = feature_records(project, version, 20)
+    with serving(project, LOOPLINE_REQUEST_LOG="off") as server:
+        status, body, _ = server.post("/predict", {"records": records})
+        assert status == 200 and body["model_version"] == version
+        assert set(body["predictions"]) <= {0, 1} and len(body["probabilities"]) == 20
+        for predicted, proba in zip(body["predictions"], body["probabilities"]):
+            assert set(proba) == {"0", "1"} and sum(proba.values()) == pytest.approx(1, abs=1e-5)
+            assert predicted == max((0, 1), key=lambda c: proba[str(c)])
+        # The service answers exactly what the registered ONNX model computes for these rows.
+        from loopline.runtime import onnx_session, predict_frame
+        from loopline.schema import schema_from_dict
+
+        schema = schema_from_dict(json.loads(project.path(f"registry/versions/{version}/schema.json").read_text()))
+        expected = predict_frame(onnx_session(project.path(f"registry/versions/{version}/model.onnx")), rows, schema)
+        assert [p["1"] for p in body["probabilities"]] == pytest.approx(expected.tolist(), abs=1e-6)
+
+        field = schema.categorical_features[0].name
+        status, body, _ = server.post("/predict", {"records": [{**records[0], field: "not-a-category"}]})
+        assert status == 400 and body["problems"] == [
+            {"field": f"records[0].{field}", "problem": body["problems"][0]["problem"]}]
+        assert "not one of the categories" in body["problems"][0]["problem"]
+
+
+# ------------------------------------------------------------------------------------ model swap
+def test_a_promotion_under_load_swaps_the_model_without_a_failed_request(built) -> None:
+    project = reset_registry(built)
+    _, first, second, _ = built
+    project.loopline("promote", first)
+    records, _ = feature_records(project, first, 3)
+    payload = json.dumps({"records": records}).encode()
+    results: list[tuple[float, float, int, str]] = []  # (sent, answered, status, version)
+    stop = threading.Event()
+
+    def load(server: Server) -> None:
+        import urllib.request
+
+        while not stop.is_set():
+            request = urllib.request.Request(server.base + "/predict", data=payload,
+                                             headers={"content-type": "application/json"})
+            sent = time.monotonic()
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    version = json.loads(response.read())["model_version"]
+                    results.append((sent, time.monotonic(), response.status, version))
+            except Exception as exc:  # any failure counts against the swap
+                results.append((sent, time.monotonic(), getattr(exc, "code", 0), repr(exc)))
+
+    def versions_since(t: float) -> set[str]:
+        """Versions that answered requests sent after t."""
+        return {v for sent, _, _, v in results if sent > t}
+
+    log = project.root / "swap-server.log"
+    with serving(project, log=log, LOOPLINE_REQUEST_LOG="off", LOOPLINE_SWAP_POLL_SECONDS="0.3") as server:
+        workers = [threading.Thread(target=load, args=(server,)) for _ in range(4)]
+        try:
+            for w in workers:
+                w.start()
+            time.sleep(1.0)
+            project.loopline("promote", second, "--force", "--reason", "swap under load")
+            promoted_at = time.monotonic()
+            while versions_since(promoted_at + 2.0) != {second} and time.monotonic() < promoted_at + 30:
+                time.sleep(0.2)
+            # A production pointer to a model that cannot be loaded: the service keeps serving the last good one.
+            registry = Registry(project.root / "registry")
+            with registry.locked():
+                registry.set_production("0" * 16, {"event": "promoted", "reason": "test: a broken model"})
+            broken_at = time.monotonic()
+            time.sleep(2.0)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=60)
+
+    assert results and all(status == 200 for _, _, status, _ in results), [r for r in results if r[2] != 200][:3]
+    assert {v for *_, v in results} == {first, second}
+    # Once one answer came from the new model, every request sent after it is answered by the new model;
+    # requests in flight at the swap may finish on the old one.
+    swapped = min(answered for _, answered, _, v in results if v == second)
+    assert versions_since(swapped) == {second}
+    assert versions_since(broken_at + 1.0) == {second}
+    assert f"still serving {second}: production model {'0' * 16} failed to load or check" in log.read_text()
