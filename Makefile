@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS ?= 1
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.state/dvc-site-cache
 export MPLBACKEND ?= Agg
 
-.PHONY: venv demo repro serve test test-all bench-deps lock clean-state
+.PHONY: venv demo pipeline repro serve test test-all bench-deps lock clean-state
 
 venv: $(STAMP)
 
@@ -29,12 +29,17 @@ $(STAMP): pyproject.toml requirements.lock requirements-data.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-## The main job, end to end on the embedded defaults: the pipeline, then the gate and promotion.
+## The main job, end to end on the embedded defaults: the closed loop on the bike data (flows/demo.py):
+## train, serve, replay weeks of traffic, detect drift, alert, retrain, gate, promote, hot-swap.
 demo: venv
+	$(BIN)/python -m flows.demo $(DEMO_ARGS)
+
+## The pipeline in this workspace: dvc repro, then the gate and promotion.
+pipeline: venv
 	$(BIN)/dvc repro
 	$(BIN)/loopline promote
 
-repro: demo
+repro: pipeline
 
 ## The HTTP service over the production model, on 127.0.0.1:$(PORT).
 PORT ?= 3000

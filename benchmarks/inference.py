@@ -2,7 +2,7 @@
 
 Both run the same model on the same encoded test rows (the exported graph and the trained module
 hold the same preprocessing), on the same device, one call at a time; the figure is the median
-latency of a call and the rows per second it implies. Run after `make demo` (it reads
+latency of a call and the rows per second it implies. Run after `make pipeline` (it reads
 artifacts/model and artifacts/onnx):
 
     .venv/bin/python benchmarks/inference.py [--seconds 3] [--device cpu|cuda]

@@ -8,12 +8,12 @@ started and measured one after another in this one run with wrk (a C load genera
 - fastapi + onnxruntime: benchmarks/servers/plain_fastapi.py on uvicorn, the same ONNX session and the
   same schema-derived request model, no log, no metrics, no tracing; 1 worker, then 2;
 - fastapi + pytorch eager: the same endpoint over the trained PyTorch module in artifacts/model, the one
-  the production model was exported from after `make demo` (what most people write).
+  the production model was exported from after `make pipeline` (what most people write).
 
 Single-record requests and 256-record requests, `--connections` connections each, for `--seconds`.
 In-process ONNX Runtime on the same 256 records gives the rows/s an HTTP server is compared with: the
 graph alone on encoded arrays, and raw records encoded and run (the work a caller in the same process
-does). RSS is the server's whole process tree after its load. Run after `make demo`:
+does). RSS is the server's whole process tree after its load. Run after `make pipeline`:
 
     .venv/bin/python benchmarks/serving.py [--seconds 10] [--connections 32]
 """
@@ -168,7 +168,7 @@ def main() -> None:
     registry = Registry.for_project(project_root())
     version = registry.production()
     if not version:
-        sys.exit("no production model: run `make demo` first")
+        sys.exit("no production model: run `make pipeline` first")
     model_dir = registry.root / "versions" / version
     schema = schema_from_dict(json.loads((model_dir / "schema.json").read_text()))
     features = [c.name for c in schema.features]

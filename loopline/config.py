@@ -136,6 +136,42 @@ class ExportParams(_Section):
     is 6e-5, so values on a large scale need a relative bound; probabilities are held to parity_atol."""
 
 
+class DriftParams(_Section):
+    """Evidently's data-drift test per column, and the share of drifted columns that makes a drift.
+    Methods are Evidently stat-test names (ks, chisquare, wasserstein, jensenshannon, psi, ...); unset:
+    Evidently's choice by column type and reference size."""
+
+    num_method: str | None = None
+    cat_method: str | None = None
+    threshold: float | None = Field(default=None, gt=0)
+    per_column_method: dict[str, str] = {}
+    per_column_threshold: dict[str, float] = {}
+    share: float = Field(default=0.5, gt=0, le=1)
+    """A window drifts when at least this share of the checked columns (features and the prediction) drift."""
+
+
+class AlertParams(_Section):
+    recipients: list[str] = Field(default=["ml-oncall@localhost"], min_length=1)
+    sender: str = "loopline@localhost"
+    cooldown_hours: float = Field(default=24.0, ge=0)
+    """After an alert, the same kind of incident (drift, degradation) alerts and retrains again only after this long."""
+    retry_seconds: list[float] = Field(default=[1, 5, 30], min_length=1)
+    """Waits between SMTP attempts in one delivery run; what is still unsent stays in the outbox."""
+
+
+class MonitorParams(_Section):
+    window_hours: float = Field(default=168.0, gt=0)
+    """A scheduled check reads the request log of the last this many hours."""
+    min_rows: int = Field(default=100, ge=1)
+    """Fewer served records in a window: "insufficient data", no verdict."""
+    min_labelled_rows: int = Field(default=50, ge=1)
+    max_degradation: float = Field(default=0.2, gt=0)
+    """Degraded when the window's error (see models.gate's error measure) exceeds the reference's by this fraction."""
+    retrain: bool = True
+    drift: DriftParams = DriftParams()
+    alerts: AlertParams = AlertParams()
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -145,6 +181,7 @@ class Params(BaseModel):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
+    monitor: MonitorParams = MonitorParams()
     gate: dict[str, Any] | None = None
     """The gate's rules (see models.gate). Deliberately without defaults: missing or empty fails closed."""
 

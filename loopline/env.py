@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from loopline.paths import ProjectPaths
 
@@ -12,8 +13,12 @@ def use_project_state(paths: ProjectPaths | None = None) -> None:
     paths = paths or ProjectPaths.here()
     state = paths.state_dir
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
     os.environ.setdefault("BENTOML_HOME", str(state / "bentoml"))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The embedded (ephemeral) Prefect server migrates a new database on first use: 20 s is not enough on
+    # a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(state / "dvc-site-cache"))

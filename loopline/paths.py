@@ -170,3 +170,28 @@ class ProjectPaths:
     @property
     def state_dir(self) -> Path:
         return self.root / ".state"
+
+    # --- served traffic and monitoring (written by the service and the monitoring flow) ---
+    @property
+    def request_log_dir(self) -> Path:
+        """Every served record (serving/request_log.py); $LOOPLINE_REQUEST_LOG moves it."""
+        return Path(os.environ.get("LOOPLINE_REQUEST_LOG") or self.root / "data" / "requests")
+
+    @property
+    def ground_truth_dir(self) -> Path:
+        """Labels posted to /feedback; $LOOPLINE_GROUND_TRUTH moves it."""
+        return Path(os.environ.get("LOOPLINE_GROUND_TRUTH") or self.root / "data" / "ground_truth")
+
+    @property
+    def monitoring_dir(self) -> Path:
+        """One folder per check: summary.json and Evidently's HTML reports."""
+        return self.root / "reports" / "monitoring"
+
+    @property
+    def evidently_workspace(self) -> Path:
+        """The local Evidently workspace: `evidently ui --workspace .state/evidently`."""
+        return self.state_dir / "evidently"
+
+    @property
+    def incidents(self) -> Path:
+        return self.state_dir / "monitoring" / "incidents.json"

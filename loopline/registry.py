@@ -18,7 +18,6 @@ not at all; once there it is never rewritten.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from loopline.atomic import file_lock
 from loopline.errors import LooplineError
 
 VERSION_DIGITS = 16
@@ -143,13 +143,8 @@ class Registry:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the registry lock: pointer changes happen one at a time, across processes."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self.root / ".lock"):
+            yield
 
     def pointer_state(self) -> dict[str, Any]:
         if not self.pointer.is_file():

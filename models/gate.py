@@ -79,7 +79,7 @@ class Evidence:
     champion_slices: dict[str, dict[str, dict[str, Any]]] | None = None
 
 
-def _error(metric: str, value: float) -> float:
+def error_of(metric: str, value: float) -> float:
     """How far from perfect: the metric itself for errors and losses, 1 - score for scores bounded by 1
     (accuracy, F1, AUCs, R2). Margins and tolerances are fractions of this, so they mean the same near
     0.99 as near 0.6."""
@@ -92,14 +92,14 @@ def _from_error(metric: str, error: float) -> float:
 
 def _better(metric: str, value: float, reference: float, margin: float) -> tuple[bool, float]:
     """(value cuts the reference's error by at least the margin, the value it had to reach)."""
-    bound = _from_error(metric, _error(metric, reference) * (1 - margin))
-    return _error(metric, value) <= _error(metric, bound), bound
+    bound = _from_error(metric, error_of(metric, reference) * (1 - margin))
+    return error_of(metric, value) <= error_of(metric, bound), bound
 
 
 def _not_worse(metric: str, value: float, reference: float, tolerance: float) -> tuple[bool, float]:
     """(value's error exceeds the reference's by at most the tolerance, the value it had to reach)."""
-    bound = _from_error(metric, _error(metric, reference) * (1 + tolerance))
-    return _error(metric, value) <= _error(metric, bound), bound
+    bound = _from_error(metric, error_of(metric, reference) * (1 + tolerance))
+    return error_of(metric, value) <= error_of(metric, bound), bound
 
 
 def _finite(x: Any) -> bool:

@@ -11,6 +11,11 @@ CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_mac
 LOWER_IS_BETTER = {"mae", "rmse", "log_loss"}
 
 
+def primary_metric(task: str) -> str:
+    """The one metric monitoring watches for a task: MAE for regression, accuracy for classification."""
+    return "mae" if task == "regression" else "accuracy"
+
+
 def lower_is_better(metric: str) -> bool:
     return metric in LOWER_IS_BETTER
 

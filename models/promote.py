@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 PACKAGES = ("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "pandas", "scikit-learn", "dvc", "bentoml")
 # Files a version keeps beside model.onnx, so that it can be re-checked and re-judged on its own.
 SCHEMA_FILE, TEST_ROWS_FILE = "schema.json", "test.parquet"
+REFERENCE_FILE = "reference.parquet"
+"""The training split the model learned from: monitoring's reference for drift."""
 
 
 class PromotionRefused(LooplineError):
@@ -243,7 +245,8 @@ def register_candidate(paths: ProjectPaths, registry: Registry) -> tuple[Version
                                                      "atol": params.export.parity_atol, "rtol": params.export.parity_rtol}))
     cand.test.to_parquet(staging / TEST_ROWS_FILE, index=False)
     files = {SCHEMA_FILE: paths.model_dir / MODEL_FILES["schema"], GOLDEN_FILE: paths.golden_batch,
-             EXPECTED_FILE: staging / EXPECTED_FILE, TEST_ROWS_FILE: staging / TEST_ROWS_FILE}
+             EXPECTED_FILE: staging / EXPECTED_FILE, TEST_ROWS_FILE: staging / TEST_ROWS_FILE,
+             REFERENCE_FILE: paths.split("train")}
     version, created = registry.register(cand.onnx_file, files, meta, model_card(sha[:16], meta, cand.schema))
     report = report if created else GateReport.from_dict(version.metadata["gate"])
     write_json(paths.gate_verdict, {"version": version.id, **report.to_dict()})

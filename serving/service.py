@@ -28,7 +28,7 @@ from pydantic import Field
 from starlette.responses import Response
 
 from loopline.features import RecordEncoder, decode_predictions
-from loopline.paths import project_root
+from loopline.paths import ProjectPaths, project_root
 from loopline.registry import BENTO_MODEL_NAME, Registry
 from loopline.request_model import label_model, record_model, response_model
 from loopline.runtime import onnx_session, reproduces_golden, run_encoded
@@ -138,11 +138,10 @@ class Predictor:
 
     def __init__(self) -> None:
         self.served = FIRST
-        log_dir = os.environ.get("LOOPLINE_REQUEST_LOG", str(project_root() / "data" / "requests"))
-        self.request_log = None if log_dir == "off" else RequestLog(
-            Path(log_dir), FIRST.schema, flush_seconds=float(os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
-        truth_dir = os.environ.get("LOOPLINE_GROUND_TRUTH", str(project_root() / "data" / "ground_truth"))
-        self.ground_truth = ParquetWindows(Path(truth_dir), flush_seconds=float(
+        paths = ProjectPaths(project_root())
+        self.request_log = None if os.environ.get("LOOPLINE_REQUEST_LOG") == "off" else RequestLog(
+            paths.request_log_dir, FIRST.schema, flush_seconds=float(os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
+        self.ground_truth = ParquetWindows(paths.ground_truth_dir, flush_seconds=float(
             os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
         registry = Registry.for_project(project_root())
         self.watcher = None

@@ -25,7 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 # What a project needs to run its pipeline: the map, the knobs, the schemas and the stage code.
 PROJECT_FILES = [
-    "dvc.yaml", "params.yaml", "schemas", "loopline", "dataprep", "models", "serving", "tools", "bentofile.yaml",
+    "dvc.yaml", "params.yaml", "schemas", "loopline", "dataprep", "models", "serving", "monitoring", "flows", "tools",
+    "bentofile.yaml",
     ".dvcignore", ".gitignore",
     "data/external",
 ]
@@ -55,6 +56,11 @@ class Project:
         env["DVC_SITE_CACHE_DIR"] = str(self.root / ".state" / "dvc-site-cache")
         env["BENTOML_HOME"] = str(self.root / ".state" / "bentoml")
         env["BENTOML_DO_NOT_TRACK"] = "true"
+        env["PREFECT_HOME"] = str(self.root / ".state" / "prefect")
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+        for variable in ("PREFECT_API_URL", "LOOPLINE_OUTBOX", "LOOPLINE_SMTP_HOST", "LOOPLINE_SMTP_BLOCK",
+                         "LOOPLINE_REQUEST_LOG", "LOOPLINE_GROUND_TRUTH"):
+            env.pop(variable, None)
         env.pop("LOOPLINE_REGISTRY", None)
         env["DVC_NO_ANALYTICS"] = "1"
         env.pop("LOOPLINE_ROOT", None)

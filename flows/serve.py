@@ -1,0 +1,37 @@
+"""Register the flows as scheduled deployments on a Prefect server and run them (this process is the worker).
+
+    prefect server start --host 127.0.0.1 --port 4200          # one terminal
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.serve \
+        [--monitoring-cron "0 * * * *"] [--training-cron "0 3 * * 1"]
+
+Monitoring hourly and training weekly by default; `--no-schedules` registers them without schedules
+(run them with `prefect deployment run monitoring/monitoring`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prefect import serve
+
+from flows.monitor import monitoring
+from flows.training import training
+from loopline.env import use_project_state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--monitoring-cron", default="0 * * * *", help="when monitoring runs (cron, UTC)")
+    parser.add_argument("--training-cron", default="0 3 * * 1", help="when training runs (cron, UTC)")
+    parser.add_argument("--no-schedules", action="store_true")
+    args = parser.parse_args(argv)
+    use_project_state()
+    cron = (lambda c: None) if args.no_schedules else (lambda c: c)
+    serve(monitoring.to_deployment(name="monitoring", cron=cron(args.monitoring_cron)),
+          training.to_deployment(name="training", cron=cron(args.training_cron)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

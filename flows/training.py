@@ -1,0 +1,153 @@
+"""The `training` flow: the DVC stages as tasks, then the gate and promotion, reported as an artifact.
+
+    python -m flows.training [--as-of 2011-06-30]
+
+Each stage is `dvc repro --single-item <stage>`: DVC decides whether it reruns, and a stage that fails
+leaves its last good outputs. A stage is retried on failures that look transient (a DVC lock held by
+another run, I/O timeouts); a data or configuration error fails at once. `as_of` moves params.yaml's
+`data.as_of` first, which is how retraining takes the newer data in. A candidate the gate rejects ends
+the flow with `promoted: false` and its gate table, and an alert email; a failed run is emailed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from loopline.env import use_project_state
+from loopline.paths import ProjectPaths
+
+STAGES = ("ingest", "prepare", "baselines", "train", "evaluate", "export")
+TRANSIENT = ("Unable to acquire lock", "Resource temporarily unavailable", "timed out", "Connection reset")
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, output: str) -> None:
+        super().__init__(f"stage {stage!r} failed; its last good outputs are kept. DVC said:\n{output[-3000:]}")
+        self.stage, self.output = stage, output
+
+
+def repro_stage(root: Path, stage: str) -> str:
+    """`dvc repro --single-item <stage>` with this interpreter's tools first on PATH."""
+    import os
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage], cwd=root,
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StageFailed(stage, proc.stdout + proc.stderr)
+    return proc.stdout
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except StageFailed as exc:
+        return any(marker in exc.output for marker in TRANSIENT)
+    except Exception:
+        return False
+    return False
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, task_run_name="dvc repro {stage}")
+def stage_task(root: str, stage: str) -> str:
+    return repro_stage(Path(root), stage)
+
+
+def set_as_of(paths: ProjectPaths, as_of: str | None) -> None:
+    params = yaml.safe_load(paths.params.read_text())
+    if params.get("data", {}).get("as_of") != as_of:
+        params.setdefault("data", {})["as_of"] = as_of
+        paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def gate_and_promote(paths: ProjectPaths) -> dict[str, Any]:
+    """Register the candidate; promote it if the gate passed. Never forces."""
+    from loopline.registry import Registry
+    from models.promote import PromotionRefused, promote, register_candidate
+
+    registry = Registry.for_project(paths.root)
+    version, report, _ = register_candidate(paths, registry)
+    outcome: dict[str, Any] = {"version": version.id, "gate_passed": report.passed, "gate": report.to_dict(),
+                               "gate_summary": report.summary(), "metrics": version.metadata["metrics"]["model"],
+                               "production_before": registry.production()}
+    if not report.passed:
+        return {**outcome, "promoted": False, "reason": "the candidate did not pass the gate"}
+    try:
+        result = promote(paths, registry, version.id)
+    except PromotionRefused as exc:
+        return {**outcome, "promoted": False, "reason": str(exc)}
+    return {**outcome, "promoted": result["changed"],
+            "reason": "promoted" if result["changed"] else "already the production model"}
+
+
+def report_markdown(outcome: dict[str, Any]) -> str:
+    lines = [f"# Training run: candidate {outcome['version']}", "",
+             f"**{'Promoted' if outcome['promoted'] else 'Not promoted'}**: {outcome['reason']}.", "",
+             "| metric | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in outcome["metrics"].items()]
+    lines += ["", "## Gate", "", "| rule | value | needed | passed | detail |", "|---|---:|---|---|---|"]
+    for rule in outcome["gate"].get("rules", []):
+        value = f"{rule['value']:.4g}" if isinstance(rule.get("value"), (int, float)) else rule.get("value")
+        detail = str(rule.get("detail", "")).replace("|", "/")
+        lines.append(f"| {rule['name']} | {value} | {rule.get('threshold', '')} | "
+                     f"{'yes' if rule['passed'] else 'NO'} | {detail} |")
+    return "\n".join(lines)
+
+
+def _alert_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    from loopline.config import load_params
+    from monitoring.check import deliver, queue_alert
+
+    paths = ProjectPaths.here()
+    alerts = load_params(paths.params).monitor.alerts
+    queue_alert(paths, alerts, f"training run {flow_run.name} failed",
+                f"The training flow run {flow_run.name} failed: {state.message}\n\nThe production model is unchanged; "
+                "each stage's last good outputs are kept.")
+    deliver(paths, alerts)
+
+
+@flow(name="training", log_prints=True, on_failure=[_alert_failure], persist_result=True)
+def training(as_of: str | None = None, keep_as_of: bool = True) -> dict[str, Any]:
+    """Run the pipeline (DVC decides what reruns), then the gate; promote a candidate that passes."""
+    paths = ProjectPaths.here()
+    use_project_state(paths)
+    if not keep_as_of or as_of is not None:
+        set_as_of(paths, as_of)
+    for stage in STAGES:
+        stage_task(str(paths.root), stage)
+    outcome = gate_and_promote(paths)
+    create_markdown_artifact(report_markdown(outcome), key="training-report",
+                             description=f"candidate {outcome['version']}")
+    print(("promoted " if outcome["promoted"] else "not promoted ") + f"{outcome['version']}: {outcome['reason']}")
+    if not outcome["promoted"] and not outcome["gate_passed"]:
+        from loopline.config import load_params
+        from monitoring.check import deliver, queue_alert
+
+        alerts = load_params(paths.params).monitor.alerts
+        queue_alert(paths, alerts, f"candidate {outcome['version']} rejected by the gate",
+                    f"The retrained candidate {outcome['version']} did not pass the gate, so production stays "
+                    f"{outcome['production_before']}.\n\n{outcome['gate_summary']}")
+        deliver(paths, alerts)
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--as-of", help="set data.as_of first (a date or date-time on the time column)")
+    args = parser.parse_args(argv)
+    outcome = training(as_of=args.as_of, keep_as_of=args.as_of is None)
+    print(json.dumps({k: v for k, v in outcome.items() if k != "gate"}, indent=2, default=str))
+    return 0 if outcome["promoted"] or outcome["gate_passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

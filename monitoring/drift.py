@@ -1,0 +1,234 @@
+"""The monitoring check: a window of served records against the production model's training data.
+
+Evidently 0.7 tests each feature and the prediction for drift (the methods, thresholds and the share of
+drifted columns that makes a drift are in params.yaml, `monitor.drift`); once delayed labels have
+arrived, the window's error is compared with the model's error on its test split, recorded at
+registration (`monitor.max_degradation`), and Evidently's regression or classification report is
+added. A window with fewer than `monitor.min_rows` records gets no verdict: "insufficient data".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from loopline.config import MonitorParams
+from loopline.schema import FeatureSchema
+from models.metrics import primary_metric, task_metrics
+
+PREDICTION = "prediction"
+REFERENCE_ROWS = 50_000
+"""The reference is sampled down to this many rows (seeded): drift tests gain nothing from more."""
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    method: str
+    threshold: float
+    score: float
+    drifted: bool
+
+
+@dataclass
+class Performance:
+    metric: str
+    window: float
+    reference: float
+    degradation: float
+    """(window error - reference error) / reference error, errors as the gate measures them."""
+    degraded: bool
+    labelled_rows: int
+
+
+@dataclass
+class CheckResult:
+    model_version: str
+    window_start: str
+    window_end: str
+    rows: int
+    verdict: str
+    """"insufficient data", "ok", "drift", "degraded" or "drift and degraded"."""
+    drift_share: float | None = None
+    share_threshold: float | None = None
+    columns: list[ColumnDrift] = field(default_factory=list)
+    performance: Performance | None = None
+    min_rows: int = 0
+
+    @property
+    def drifted(self) -> list[ColumnDrift]:
+        return [c for c in self.columns if c.drifted]
+
+    @property
+    def alarming(self) -> bool:
+        return self.verdict in ("drift", "degraded", "drift and degraded")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One paragraph for people: the verdict and what it rests on."""
+        if self.verdict == "insufficient data":
+            return (f"insufficient data: {self.rows} served records in the window, fewer than the "
+                    f"{self.min_rows} needed to judge drift; no verdict")
+        parts = [f"{self.verdict}: {self.rows} served records, model {self.model_version}"]
+        if self.drift_share is not None:
+            parts.append(f"{len(self.drifted)} of {len(self.columns)} columns drifted "
+                         f"(share {self.drift_share:.2f}, threshold {self.share_threshold:.2f})")
+        if self.performance is not None:
+            p = self.performance
+            parts.append(f"{p.metric} {p.window:.4g} on {p.labelled_rows} labelled records against {p.reference:.4g} "
+                         f"at registration ({p.degradation:+.0%} error)")
+        return "; ".join(parts)
+
+
+def check_window(window: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSchema, params: MonitorParams,
+                 *, model_version: str, reference_metrics: dict[str, float], window_start: datetime,
+                 window_end: datetime) -> tuple[CheckResult, dict[str, Any]]:
+    """Judge one window. `window`: request-log rows (features and `prediction`) with the target column
+    where a label arrived (NaN elsewhere). `reference`: training rows with the target and the model's
+    `prediction` on them (see reference_frame). Returns the result and Evidently's snapshots by name:
+    "drift" (every served record) and, with enough labels, "performance" (the labelled ones)."""
+    result = CheckResult(model_version=model_version, window_start=window_start.isoformat(),
+                         window_end=window_end.isoformat(), rows=len(window), verdict="insufficient data",
+                         min_rows=params.min_rows)
+    if len(window) < params.min_rows:
+        return result, {}
+    from evidently import Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    columns = [*(c.name for c in schema.features), PREDICTION]
+    drift = params.drift
+    preset = DataDriftPreset(columns=columns, drift_share=drift.share, num_method=drift.num_method,
+                             cat_method=drift.cat_method, threshold=drift.threshold,
+                             per_column_method=drift.per_column_method or None,
+                             per_column_threshold=drift.per_column_threshold or None)
+    plain = _definition(schema, with_target=False)
+    snapshots = {"drift": Report([preset], include_tests=True).run(
+        Dataset.from_pandas(window[columns], data_definition=plain),
+        Dataset.from_pandas(reference[columns], data_definition=plain))}
+    result.columns, result.drift_share = _column_drift(snapshots["drift"].dict())
+    result.share_threshold = drift.share
+
+    target = schema.target
+    labelled = window[window[target].notna()] if target in window else window.iloc[:0]
+    if len(labelled) >= params.min_labelled_rows:
+        result.performance = _performance(labelled, schema, params, reference_metrics)
+        with_target = _definition(schema, with_target=True)
+        snapshots["performance"] = Report([_performance_preset(schema)]).run(
+            Dataset.from_pandas(labelled[columns + [target]], data_definition=with_target),
+            Dataset.from_pandas(reference[columns + [target]], data_definition=with_target))
+    drifting = result.drift_share >= drift.share
+    degraded = result.performance is not None and result.performance.degraded
+    result.verdict = ("drift and degraded" if drifting and degraded else "drift" if drifting
+                      else "degraded" if degraded else "ok")
+    return result, snapshots
+
+
+def _definition(schema: FeatureSchema, *, with_target: bool) -> Any:
+    from evidently import BinaryClassification, DataDefinition, MulticlassClassification, Regression
+
+    numeric = [c.name for c in schema.numeric_features]
+    categorical = [c.name for c in schema.categorical_features]
+    task = schema.task.value
+    if task == "regression":
+        numeric.append(PREDICTION)
+    else:
+        categorical.append(PREDICTION)
+    extra: dict[str, Any] = {}
+    if with_target:
+        if task == "regression":
+            numeric.append(schema.target)
+            extra["regression"] = [Regression(target=schema.target, prediction=PREDICTION)]
+        else:
+            categorical.append(schema.target)
+            kind = BinaryClassification if task == "binary" else MulticlassClassification
+            extra["classification"] = [kind(target=schema.target, prediction_labels=PREDICTION)]
+    return DataDefinition(numerical_columns=numeric, categorical_columns=categorical, **extra)
+
+
+def _performance_preset(schema: FeatureSchema) -> Any:
+    from evidently.presets import ClassificationPreset, RegressionPreset
+
+    return RegressionPreset() if schema.task.value == "regression" else ClassificationPreset()
+
+
+def _performance(labelled: pd.DataFrame, schema: FeatureSchema, params: MonitorParams,
+                 reference_metrics: dict[str, float]) -> Performance:
+    from models.gate import error_of
+
+    metric = primary_metric(schema.task.value)
+    y = labelled[schema.target].to_numpy()
+    if schema.task.is_classification:  # accuracy from the predicted classes
+        value = float(np.mean(labelled[PREDICTION].astype(str).to_numpy() == labelled[schema.target].astype(str).to_numpy()))
+    else:
+        value = task_metrics("regression", y.astype(np.float64), labelled[PREDICTION].to_numpy(np.float64))[metric]
+    reference = float(reference_metrics[metric])
+    ref_error, error = error_of(metric, reference), error_of(metric, value)
+    degradation = (error - ref_error) / ref_error if ref_error > 0 else float("inf") if error > 0 else 0.0
+    return Performance(metric=metric, window=value, reference=reference, degradation=degradation,
+                       degraded=degradation > params.max_degradation, labelled_rows=len(labelled))
+
+
+def _column_drift(report: dict[str, Any]) -> tuple[list[ColumnDrift], float]:
+    """Per-column drift from the test statuses (a FAIL means the column drifted: the score's direction
+    depends on the method), and the drifted share."""
+    failed = {t["metric_config"]["params"]["column"]: str(t["status"]).endswith("FAIL")
+              for t in report.get("tests", []) if t["metric_config"]["params"].get("type") == "evidently:metric_v2:ValueDrift"}
+    columns, share = [], 0.0
+    for m in report["metrics"]:
+        kind = m["config"]["type"]
+        if kind == "evidently:metric_v2:ValueDrift":
+            name = m["config"]["column"]
+            columns.append(ColumnDrift(name, m["config"]["method"], float(m["config"]["threshold"]),
+                                       float(m["value"]), failed.get(name, False)))
+        elif kind == "evidently:metric_v2:DriftedColumnsCount":
+            share = float(m["value"]["share"])
+    return columns, share
+
+
+def save_check(result: CheckResult, snapshots: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """The JSON summary and each of Evidently's reports as a self-contained HTML page (<name>.html)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"summary": out_dir / "summary.json"}
+    files["summary"].write_text(json.dumps({"summary": result.summary(), **result.to_dict()}, indent=2, default=str))
+    for name, snapshot in snapshots.items():
+        files[name] = out_dir / f"{name}.html"
+        snapshot.save_html(str(files[name]))
+    return files
+
+
+def add_to_workspace(snapshots: dict[str, Any], workspace: Path, project_name: str = "Loopline monitoring") -> None:
+    """Add the runs to a local Evidently workspace, so `evidently ui --workspace <dir>` shows the history."""
+    if not snapshots:
+        return
+    from evidently.ui.workspace import Workspace
+
+    ws = Workspace.create(str(workspace))
+    found = ws.search_project(project_name)
+    project = found[0] if found else ws.create_project(project_name)
+    for snapshot in snapshots.values():
+        ws.add_run(project.id, snapshot, include_data=False)
+
+
+def reference_frame(reference: pd.DataFrame, schema: FeatureSchema, predictions: np.ndarray, seed: int = 0) -> pd.DataFrame:
+    """Training rows with the model's predictions as the log records them, sampled to REFERENCE_ROWS."""
+    frame = reference[[c.name for c in schema.features] + [schema.target]].copy()
+    if schema.task.is_classification:
+        classes = np.array(list(schema.classes), dtype=object)
+        proba = np.column_stack([1 - predictions, predictions]) if predictions.ndim == 1 else predictions
+        frame[PREDICTION] = classes[proba.argmax(axis=1)]
+    else:
+        frame[PREDICTION] = predictions.astype(np.float64)
+    for col in schema.categorical_features:
+        frame[col.name] = frame[col.name].astype(object)
+    if len(frame) > REFERENCE_ROWS:
+        frame = frame.sample(REFERENCE_ROWS, random_state=seed)
+    return frame.reset_index(drop=True)
+
