@@ -30,7 +30,7 @@ TRAINING_DEPLOYMENT = "training/training"
 def check_task(start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
     from monitoring.check import run_check
 
-    return run_check(ProjectPaths.here(), start, end, now).to_dict()
+    return run_check(ProjectPaths.here(), start, end, now, can_retrain=True).to_dict()
 
 
 def start_training(as_of: str | None) -> dict[str, Any]:

@@ -104,11 +104,10 @@ def report_markdown(outcome: dict[str, Any]) -> str:
 
 
 def _alert_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    from loopline.config import load_params
-    from monitoring.check import deliver, queue_alert
+    from monitoring.check import alert_params, deliver, queue_alert
 
     paths = ProjectPaths.here()
-    alerts = load_params(paths.params).monitor.alerts
+    alerts = alert_params(paths)
     queue_alert(paths, alerts, f"training run {flow_run.name} failed",
                 f"The training flow run {flow_run.name} failed: {state.message}\n\nThe production model is unchanged; "
                 "each stage's last good outputs are kept.")
@@ -129,10 +128,9 @@ def training(as_of: str | None = None, keep_as_of: bool = True) -> dict[str, Any
                              description=f"candidate {outcome['version']}")
     print(("promoted " if outcome["promoted"] else "not promoted ") + f"{outcome['version']}: {outcome['reason']}")
     if not outcome["promoted"] and not outcome["gate_passed"]:
-        from loopline.config import load_params
-        from monitoring.check import deliver, queue_alert
+        from monitoring.check import alert_params, deliver, queue_alert
 
-        alerts = load_params(paths.params).monitor.alerts
+        alerts = alert_params(paths)
         queue_alert(paths, alerts, f"candidate {outcome['version']} rejected by the gate",
                     f"The retrained candidate {outcome['version']} did not pass the gate, so production stays "
                     f"{outcome['production_before']}.\n\n{outcome['gate_summary']}")

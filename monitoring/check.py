@@ -54,9 +54,11 @@ def version_schema(registry: Registry, version: str) -> FeatureSchema:
     return schema_from_dict(json.loads(path.read_text()), source=str(path))
 
 
-def run_check(paths: ProjectPaths, start: datetime, end: datetime, now: datetime | None = None) -> Outcome:
+def run_check(paths: ProjectPaths, start: datetime, end: datetime, now: datetime | None = None,
+              *, can_retrain: bool = False) -> Outcome:
     """Check the production model's traffic served in [start, end). `now` is the time incidents and
-    cooldowns are reckoned in (the wall clock unless a replay says otherwise)."""
+    cooldowns are reckoned in (the wall clock unless a replay says otherwise). `can_retrain`: the caller
+    (the monitoring flow) starts training when the outcome says `retrain`."""
     from models.promote import REFERENCE_FILE
 
     params = load_params(paths.params)
@@ -90,11 +92,16 @@ def run_check(paths: ProjectPaths, start: datetime, end: datetime, now: datetime
         claimed = [k for k in kinds if incidents.claim(k, now, cooldown)]
         outcome.incident = "+".join(claimed or kinds)
         if claimed:
-            outcome.alerted, outcome.retrain = True, params.monitor.retrain
-            next_step = ("Retraining has started on the data known now; the new candidate replaces the model "
-                         "only if it passes the gate, and you will hear about the verdict."
-                         if outcome.retrain else "Retraining is off (monitor.retrain: false in params.yaml): "
-                         "retrain and promote by hand (`make demo`, or the training flow).")
+            outcome.alerted, outcome.retrain = True, params.monitor.retrain and can_retrain
+            if outcome.retrain:
+                next_step = ("Retraining has started on the data known now; the new candidate replaces the model "
+                             "only if it passes the gate, and you will hear about the verdict.")
+            elif not params.monitor.retrain:
+                next_step = ("Retraining is off (monitor.retrain: false in params.yaml): retrain and promote by "
+                             "hand (`python -m flows.training`, or `make pipeline`).")
+            else:
+                next_step = ("This check ran on its own (python -m monitoring.check), so no retraining was started: "
+                             "run `python -m flows.training`, or let the monitoring flow do both.")
             queue_alert(paths, alerts, f"{result.verdict} in the traffic of model {version}",
                         drift_body(result, next_step, params.monitor.max_degradation),
                         [p for k, p in files.items() if k != "summary"] + [files["summary"]])
@@ -120,6 +127,21 @@ def drift_body(result: CheckResult, next_step: str, max_degradation: float) -> s
     lines += [f"Window: {result.window_start} to {result.window_end}.", "", f"What happens next: {next_step}", "",
               "The Evidently report and the JSON summary are attached."]
     return "\n".join(lines)
+
+
+def alert_params(paths: ProjectPaths) -> AlertParams:
+    """`monitor.alerts` from params.yaml, even when another section is invalid (a failure to report may
+    be exactly that); the defaults if the section itself cannot be read."""
+    import yaml
+
+    from loopline.config import MonitorParams
+
+    try:
+        raw = yaml.safe_load(paths.params.read_text()) or {}
+        return MonitorParams.model_validate(raw.get("monitor") or {}).alerts
+    except Exception:
+        log.warning("params.yaml: monitor.alerts unreadable; alerting with the defaults", exc_info=True)
+        return AlertParams()
 
 
 def queue_alert(paths: ProjectPaths, alerts: AlertParams, subject: str, body: str, attachments: list[Path] = ()) -> Path:

@@ -182,3 +182,20 @@ def test_the_loop_through_a_prefect_server_retrains_via_the_deployment_and_the_s
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+def test_a_failed_training_run_is_emailed_and_leaves_production_and_the_last_outputs(loop_project: Project) -> None:
+    project = loop_project
+    before, model = production(project), project.path("artifacts/model/model.pt").read_bytes()
+    params = project.path("params.yaml").read_text()
+    mails_before = len(emails(project))
+    project.set_params(train={"batch_size": 0})  # refused by the params validation when the stage starts
+    try:
+        failed = project.run(sys.executable, "-m", "flows.training", check=False)
+    finally:
+        project.path("params.yaml").write_text(params)
+    assert failed.returncode != 0 and "train" in failed.output
+    [mail] = emails(project)[mails_before:]
+    assert "training run" in mail["Subject"] and "failed" in mail["Subject"]
+    assert "batch_size" in text_of(mail) and "production model is unchanged" in text_of(mail)
+    assert production(project) == before and project.path("artifacts/model/model.pt").read_bytes() == model
