@@ -41,7 +41,9 @@ def start_training(as_of: str | None) -> dict[str, Any]:
         from prefect.exceptions import ObjectNotFound
 
         try:
-            run = run_deployment(TRAINING_DEPLOYMENT, parameters=parameters, timeout=None)
+            # Waits for the training run (it gates and promotes); an hour without a process serving the
+            # deployment leaves the run scheduled and this flow reports its state.
+            run = run_deployment(TRAINING_DEPLOYMENT, parameters=parameters, timeout=3600)
         except ObjectNotFound:
             print(f"no {TRAINING_DEPLOYMENT} deployment on {os.environ['PREFECT_API_URL']}: training as a subflow")
         else:

@@ -7,7 +7,8 @@ Layout (under `registry/` in the project, or $LOOPLINE_REGISTRY):
     versions/<version>/version.json    lineage: data version, params, seed, git commit, packages,
                                        metrics, gate report, skipped checks
     versions/<version>/card.md         the model card
-    versions/<version>/...             what re-checking needs: schema, golden batch, test rows
+    versions/<version>/...             what re-checking needs: schema, golden batch, test rows; and
+                                       reference.parquet, the training rows monitoring compares with
     production.json                    {"version": ..., "previous": [...]}: replaced atomically
     events.jsonl                       every registration, promotion and rollback, with reasons
     .lock                              serialises pointer changes (fcntl)
