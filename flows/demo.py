@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
+
+from loopline.config import update_params_file
+from loopline.paths import PROJECT_FILES
 
 WORKSPACE = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "schemas", "loopline", "dataprep", "models", "serving", "monitoring",
-                 "flows", "tools", "bentofile.yaml", ".dvcignore", "data/external"]
 
 
 @dataclass
@@ -63,10 +63,8 @@ def scratch_project(dest: Path, train_until: str, cooldown_hours: float) -> Path
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["data"] = {**params.get("data", {}), "source": "bike", "as_of": train_until}
-    params["monitor"]["alerts"]["cooldown_hours"] = cooldown_hours
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    update_params_file(dest / "params.yaml", {"data.source": "bike", "data.as_of": train_until,
+                                               "monitor.alerts.cooldown_hours": cooldown_hours})
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=dest, check=True)
     return dest
 
@@ -212,10 +210,10 @@ def frozen_predictions(project: Path, version: str, rows: pd.DataFrame) -> np.nd
     """The first model's predictions on the replayed rows, as if it had been left in service."""
     from loopline.registry import Registry
     from loopline.runtime import onnx_session, predict_frame
-    from monitoring.check import version_schema
+    from models.promote import version_schema
 
-    registry = Registry.for_project(project)
-    return predict_frame(onnx_session(registry.get(version).model), rows, version_schema(registry, version))
+    record = Registry.for_project(project).get(version)
+    return predict_frame(onnx_session(record.model), rows, version_schema(record))
 
 
 def report(run: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

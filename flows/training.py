@@ -63,10 +63,10 @@ def stage_task(root: str, stage: str) -> str:
 
 
 def set_as_of(paths: ProjectPaths, as_of: str | None) -> None:
-    params = yaml.safe_load(paths.params.read_text())
-    if params.get("data", {}).get("as_of") != as_of:
-        params.setdefault("data", {})["as_of"] = as_of
-        paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
+    from loopline.config import update_params_file
+
+    if (yaml.safe_load(paths.params.read_text()) or {}).get("data", {}).get("as_of") != as_of:
+        update_params_file(paths.params, {"data.as_of": as_of})
 
 
 def gate_and_promote(paths: ProjectPaths) -> dict[str, Any]:

@@ -203,6 +203,34 @@ def load_params(path: str | Path | None = None) -> Params:
         raise ConfigError(f"{path}: {problems}") from None
 
 
+def update_params_file(path: str | Path, changes: dict[str, Any]) -> None:
+    """Set values in params.yaml by dotted key ({"data.as_of": "2011-06-30"}), keeping its comments and
+    layout (a round trip through ruamel.yaml, as DVC edits params), written atomically."""
+    import io
+    import os
+
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    yaml_rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    document = yaml_rt.load(path.read_text()) or {}
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        node = document
+        for name in parents:
+            if node.get(name) is None:
+                node[name] = {}
+            node = node[name]
+        node[key] = value
+    out = io.StringIO()
+    yaml_rt.dump(document, out)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(out.getvalue())
+    os.replace(tmp, path)
+
+
 def schema_path(params: Params, paths: ProjectPaths) -> Path:
     name = params.data.schema_file or f"schemas/{params.data.source}.yaml"
     return paths.root / name

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "schemas", "loopline", "dataprep", "models", "serving", "monitoring",
+                 "flows", "tools", "bentofile.yaml", ".dvcignore", "data/external")
+"""What a copy of the project needs to run its pipeline, service and flows elsewhere (the demo's scratch
+project, the tests' temporary ones): the map, the knobs, the schemas, the code and the user's sources."""
 
 
 def project_root() -> Path:

@@ -57,7 +57,8 @@ def onnx_predict_file(model_file: Path, frame: pd.DataFrame, schema: FeatureSche
     return predict_frame(onnx_session(model_file), frame, schema)
 
 
-def _version_schema(version: Version) -> FeatureSchema:
+def version_schema(version: Version) -> FeatureSchema:
+    """The feature schema a registered version was trained on."""
     path = version.file(SCHEMA_FILE)
     return schema_from_dict(json.loads(path.read_text()), source=str(path))
 
@@ -68,7 +69,7 @@ def score_version(version: Version, frame: pd.DataFrame, schema: FeatureSchema, 
     them (another task or target, or feature columns it needs are missing)."""
     from loopline.features import encode_target
 
-    champion_schema = _version_schema(version)
+    champion_schema = version_schema(version)
     if champion_schema.task != schema.task or champion_schema.target != schema.target:
         return None
     if any(c.name not in frame.columns for c in champion_schema.features):
@@ -258,7 +259,7 @@ def verify_loads(version: Version) -> None:
     from models.export import ExportError, onnx_session
 
     try:
-        ok = reproduces_golden(onnx_session(version.model), version.path, _version_schema(version))
+        ok = reproduces_golden(onnx_session(version.model), version.path, version_schema(version))
     except ExportError as exc:
         raise PromotionRefused(str(exc)) from exc
     except Exception as exc:  # onnxruntime raises its own types on a broken graph or input
@@ -271,7 +272,7 @@ def verify_loads(version: Version) -> None:
 def rejudge(version: Version, registry: Registry, rules: dict | None, min_slice_rows: int) -> GateReport:
     """The gate again, from the version's own records, against the current production model."""
     meta = version.metadata
-    schema = _version_schema(version)
+    schema = version_schema(version)
     test = pd.read_parquet(version.file(TEST_ROWS_FILE))
     checks = meta.get("checks")
     ev = gather_evidence(meta["metrics"], meta["slices"], checks, meta.get("parity"), meta["sha256"], schema, test,

@@ -25,7 +25,6 @@ from loopline.config import AlertParams, load_params
 from loopline.paths import ProjectPaths
 from loopline.registry import Registry
 from loopline.runtime import onnx_session, predict_frame
-from loopline.schema import FeatureSchema, schema_from_dict
 from monitoring.alerts import Delivery, Incidents, Outbox, SmtpSettings, compose
 from monitoring.drift import CheckResult, add_to_workspace, check_window, reference_frame, save_check
 from monitoring.window import served_window
@@ -49,17 +48,12 @@ class Outcome:
                 "pending": [str(p) for p in self.delivery.pending]}
 
 
-def version_schema(registry: Registry, version: str) -> FeatureSchema:
-    path = registry.get(version).file("schema.json")
-    return schema_from_dict(json.loads(path.read_text()), source=str(path))
-
-
 def run_check(paths: ProjectPaths, start: datetime, end: datetime, now: datetime | None = None,
               *, can_retrain: bool = False) -> Outcome:
     """Check the production model's traffic served in [start, end). `now` is the time incidents and
     cooldowns are reckoned in (the wall clock unless a replay says otherwise). `can_retrain`: the caller
     (the monitoring flow) starts training when the outcome says `retrain`."""
-    from models.promote import REFERENCE_FILE
+    from models.promote import REFERENCE_FILE, version_schema
 
     params = load_params(paths.params)
     now = now or datetime.now(timezone.utc)
@@ -68,7 +62,7 @@ def run_check(paths: ProjectPaths, start: datetime, end: datetime, now: datetime
     if version is None:
         raise RuntimeError(f"no production model in {registry.root}: nothing is served, nothing to monitor")
     record = registry.get(version)
-    schema = version_schema(registry, version)
+    schema = version_schema(record)
     window = served_window(paths.request_log_dir, paths.ground_truth_dir, schema, start, end)
     window = window[window["model_version"].astype(str) == version] if len(window) else window
     training = pd.read_parquet(record.file(REFERENCE_FILE))

@@ -22,14 +22,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from loopline import paths
+
 REPO = Path(__file__).resolve().parents[1]
-# What a project needs to run its pipeline: the map, the knobs, the schemas and the stage code.
-PROJECT_FILES = [
-    "dvc.yaml", "params.yaml", "schemas", "loopline", "dataprep", "models", "serving", "monitoring", "flows", "tools",
-    "bentofile.yaml",
-    ".dvcignore", ".gitignore",
-    "data/external",
-]
+PROJECT_FILES = [*paths.PROJECT_FILES, ".gitignore"]  # a git repository besides
 
 
 @dataclass
