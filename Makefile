@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS ?= 1
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.state/dvc-site-cache
 export MPLBACKEND ?= Agg
 
-.PHONY: venv demo pipeline repro serve test test-all bench-deps lock clean-state
+.PHONY: venv demo pipeline repro serve tune cv test test-all bench-deps lock clean-state
 
 venv: $(STAMP)
 
@@ -40,6 +40,17 @@ pipeline: venv
 	$(BIN)/loopline promote
 
 repro: pipeline
+
+## Hyperparameter search on data/prepared (tune: in params.yaml); writes tuned.yaml, which train applies.
+## TUNE_ARGS, e.g. "--trials 40 --workers 2".
+tune: venv
+	$(BIN)/dvc repro prepare
+	$(BIN)/python -m models.tune $(TUNE_ARGS)
+
+## Cross-validation of the training settings (cv: in params.yaml) into reports/cv/metrics.json.
+cv: venv
+	$(BIN)/dvc repro prepare
+	$(BIN)/python -m models.crossval
 
 ## The HTTP service over the production model, on 127.0.0.1:$(PORT).
 PORT ?= 3000

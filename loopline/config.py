@@ -172,6 +172,89 @@ class MonitorParams(_Section):
     alerts: AlertParams = AlertParams()
 
 
+class SearchDimension(_Section):
+    """One tuned parameter: a range (low/high, optionally log scale, integer or stepped) or a list of
+    choices; `when` makes it conditional on other parameters' values (e.g. momentum only for sgd);
+    `grid` lists a range's values for the grid sampler."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    int_: bool = Field(default=False, alias="int")
+    step: float | None = Field(default=None, gt=0)
+    choices: list[Any] | None = Field(default=None, min_length=1)
+    grid: list[Any] | None = Field(default=None, min_length=1)
+    when: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchDimension":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs low and high (a range) or choices (a list)")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log scale needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("a log scale cannot have a step")
+        return self
+
+
+class CrossValidationParams(_Section):
+    method: Literal["kfold", "rolling"] = "rolling"
+    """kfold: k folds of the training and validation rows (by group when the split is by group; refused
+    for time-split data, which would train on the future); rolling: rolling-origin folds in time order,
+    each trained on everything before its validation block."""
+    folds: int = Field(default=5, ge=2)
+
+
+class EnsembleParams(_Section):
+    top_k: int = Field(default=1, ge=1)
+    """Above 1: `train` trains the best top_k trials' settings and averages their predictions inside one
+    model (and one ONNX graph)."""
+
+
+class TuneParams(_Section):
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "successive_halving", "none"] = "median"
+    n_trials: int | None = Field(default=20, ge=1)
+    """Trials per `tune` run, over all workers; null: until timeout_minutes."""
+    timeout_minutes: float | None = Field(default=None, gt=0)
+    """No new trial starts after this long; null: no time limit."""
+    storage: str | None = None
+    """A database URL shared by every worker (e.g. postgresql+psycopg2://user@host/db); null: the SQLite
+    file .state/tune/study.db. $LOOPLINE_TUNE_STORAGE overrides it."""
+    study: str | None = None
+    """null: named after the data source and a fingerprint of the data, space and settings, so a change
+    of any of them starts a new study and an unchanged one continues."""
+    epochs: int | None = Field(default=None, ge=1)
+    """Epochs per trial; null: train.epochs. Early stopping applies as in training."""
+    startup_trials: int = Field(default=5, ge=0)
+    """Trials the pruner lets finish before it compares, and TPE samples at random before modelling."""
+    warmup_epochs: int = Field(default=2, ge=0)
+    """Epochs of each trial the median pruner never prunes."""
+    start_from_current: bool = True
+    """Trial 0 of a new study tries params.yaml's own values, so the search is compared with them."""
+    space: dict[str, SearchDimension] = {}
+    """Dotted train.* keys to search, e.g. train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}."""
+    cross_validate: bool = False
+    """Score each trial by the mean validation loss over the `cv:` folds instead of the one val split."""
+    ensemble: EnsembleParams = EnsembleParams()
+
+    @model_validator(mode="after")
+    def _space_keys_are_training_settings(self) -> "TuneParams":
+        for key, dim in self.space.items():
+            if not key.startswith("train."):
+                raise ValueError(f"space key {key!r}: only train.* settings can be tuned")
+            for other in dim.when:
+                if other not in self.space:
+                    raise ValueError(f"space key {key!r}: condition on {other!r}, which is not in the space")
+        return self
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -182,6 +265,8 @@ class Params(BaseModel):
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     monitor: MonitorParams = MonitorParams()
+    tune: TuneParams = TuneParams()
+    cv: CrossValidationParams = CrossValidationParams()
     gate: dict[str, Any] | None = None
     """The gate's rules (see models.gate). Deliberately without defaults: missing or empty fails closed."""
 
@@ -203,6 +288,66 @@ def load_params(path: str | Path | None = None) -> Params:
         raise ConfigError(f"{path}: {problems}") from None
 
 
+def with_overrides(params: Params, overrides: dict[str, Any], source: str = "overrides") -> Params:
+    """params with dotted keys set ({"train.lr": 0.01, "train.model.hidden": [64]}), validated again;
+    a key that names no setting or a value out of range is a ConfigError naming `source` and the key."""
+    raw = params.model_dump(by_alias=True)
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split(".")
+        node = raw
+        for name in parents:
+            if not isinstance(node.get(name), dict):
+                raise ConfigError(f"{source}: {dotted!r} names no setting ({name!r} is not a section)")
+            node = node[name]
+        if key not in node:
+            raise ConfigError(f"{source}: {dotted!r} names no setting")
+        node[key] = value
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+class TunedParams(BaseModel):
+    """tuned.yaml: what the last search chose. `overrides` are dotted params.yaml keys for the best trial;
+    `ensemble`, when it has entries, holds each member's overrides (best first); `study` says where from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    study: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    ensemble: list[dict[str, Any]] = []
+
+    @property
+    def empty(self) -> bool:
+        return not self.overrides and not self.ensemble
+
+
+def load_tuned(path: str | Path) -> TunedParams:
+    """tuned.yaml, or nothing tuned when the file is missing or holds {}."""
+    path = Path(path)
+    if not path.is_file():
+        return TunedParams()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        return TunedParams.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+                             for err in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def training_runs(params: Params, tuned: TunedParams, source: str = "tuned.yaml") -> list[Params]:
+    """The settings of each network the train stage trains: params.yaml with the tuned overrides (one
+    run), or one run per ensemble member."""
+    if tuned.ensemble:
+        return [with_overrides(params, member, f"{source} ensemble[{i}]") for i, member in enumerate(tuned.ensemble)]
+    return [with_overrides(params, tuned.overrides, f"{source} overrides")]
+
+
 def update_params_file(path: str | Path, changes: dict[str, Any]) -> None:
     """Set values in params.yaml by dotted key ({"data.as_of": "2011-06-30"}), keeping its comments and
     layout (a round trip through ruamel.yaml, as DVC edits params), written atomically."""
@@ -214,6 +359,7 @@ def update_params_file(path: str | Path, changes: dict[str, Any]) -> None:
     path = Path(path)
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096  # never re-wrap a long line (flow-style lists in tune.space)
     yaml_rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     document = yaml_rt.load(path.read_text()) or {}
     for dotted, value in changes.items():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "schemas", "loopline", "dataprep", "models", "serving", "monitoring",
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "tuned.yaml", "schemas", "loopline", "dataprep", "models", "serving", "monitoring",
                  "flows", "tools", "bentofile.yaml", ".dvcignore", "data/external")
 """What a copy of the project needs to run its pipeline, service and flows elsewhere (the demo's scratch
 project, the tests' temporary ones): the map, the knobs, the schemas, the code and the user's sources."""
@@ -174,6 +174,26 @@ class ProjectPaths:
     @property
     def state_dir(self) -> Path:
         return self.root / ".state"
+
+    # --- hyperparameter search and cross-validation ---
+    @property
+    def tuned_params(self) -> Path:
+        """The search's winner (or ensemble), as overrides of params.yaml that the train stage applies."""
+        return self.root / "tuned.yaml"
+
+    @property
+    def tune_storage(self) -> Path:
+        """The default Optuna study database (SQLite); tune.storage or $LOOPLINE_TUNE_STORAGE replace it."""
+        return self.state_dir / "tune" / "study.db"
+
+    @property
+    def tune_reports_dir(self) -> Path:
+        """Per study: summary.json, trials.csv, history and importance plots, a DVCLive folder per trial."""
+        return self.root / "reports" / "tune"
+
+    @property
+    def cv_reports_dir(self) -> Path:
+        return self.root / "reports" / "cv"
 
     # --- served traffic and monitoring (written by the service and the monitoring flow) ---
     @property

@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 class RecipeCheckError(LooplineError):
     """A recipe check failed: training would produce a model, only a wrong one."""
 
+    def __init__(self, message: str, results: list["CheckResult"] | None = None) -> None:
+        super().__init__(message)
+        self.results = results or []
+
+    def results_dicts(self) -> list[dict]:
+        return [r.to_dict() for r in self.results]
+
 
 @dataclass
 class CheckResult:
@@ -203,5 +210,6 @@ def raise_on_failures(results: list[CheckResult]) -> None:
         lines = "\n  ".join(r.line() for r in failed)
         raise RecipeCheckError(
             f"{len(failed)} recipe check(s) failed; the model was not trained:\n  {lines}\n"
-            "A check can be skipped only by naming it in params.yaml train.checks.skip (recorded with the model)."
+            "A check can be skipped only by naming it in params.yaml train.checks.skip (recorded with the model).",
+            results,
         )

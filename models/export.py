@@ -35,7 +35,7 @@ from loopline.paths import ProjectPaths
 from loopline.registry import sha256_file
 from loopline.schema import FeatureSchema
 from models.inference import load_model, predict
-from models.network import TabularNet
+from models.network import EnsembleNet, TabularNet
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
 
 
-def export_onnx(model: TabularNet, path: Path, n_numeric: int, n_categorical: int) -> None:
+def export_onnx(model: TabularNet | EnsembleNet, path: Path, n_numeric: int, n_categorical: int) -> None:
     model = model.cpu().eval()
     example = (torch.zeros(2, n_numeric), torch.zeros(2, n_categorical, dtype=torch.int64))
     batch = torch.export.Dim("batch", min=1)
@@ -166,7 +166,7 @@ def onnx_session(path: Path, device: str = "cpu"):
         raise ExportError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
 
 
-def check_parity(model: TabularNet, session, golden: pd.DataFrame, schema: FeatureSchema,
+def check_parity(model: TabularNet | EnsembleNet, session, golden: pd.DataFrame, schema: FeatureSchema,
                  atol: float, rtol: float, onnx_sha256: str) -> ParityReport:
     """The golden batch through both models, whole and in small batches (the batch axis is dynamic)."""
     expected = predict(model, golden, schema).astype(np.float64)

@@ -11,7 +11,7 @@ import torch
 
 from loopline.features import encode_features
 from loopline.schema import FeatureSchema, schema_from_dict
-from models.network import NetworkSpec, TabularNet
+from models.network import EnsembleNet, NetworkSpec, TabularNet
 
 MODEL_FILES = {
     "weights": "model.pt",
@@ -22,17 +22,22 @@ MODEL_FILES = {
 }
 
 
-def load_model(model_dir: Path) -> tuple[TabularNet, FeatureSchema]:
-    spec = NetworkSpec(**json.loads((model_dir / MODEL_FILES["spec"]).read_text()))
+def load_model(model_dir: Path) -> tuple[TabularNet | EnsembleNet, FeatureSchema]:
+    """The model in `model_dir`: one network, or an ensemble when spec.json lists its members' specs."""
+    spec = json.loads((model_dir / MODEL_FILES["spec"]).read_text())
     schema_file = model_dir / MODEL_FILES["schema"]
     schema = schema_from_dict(json.loads(schema_file.read_text()), source=str(schema_file))
-    model = TabularNet(spec)
+    model: TabularNet | EnsembleNet
+    if "ensemble" in spec:
+        model = EnsembleNet([NetworkSpec(**member) for member in spec["ensemble"]])
+    else:
+        model = TabularNet(NetworkSpec(**spec))
     model.load_state_dict(torch.load(model_dir / MODEL_FILES["weights"], map_location="cpu", weights_only=True))
     return model.eval(), schema
 
 
 @torch.no_grad()
-def predict(model: TabularNet, frame: pd.DataFrame, schema: FeatureSchema, chunk: int = 65536) -> np.ndarray:
+def predict(model: TabularNet | EnsembleNet, frame: pd.DataFrame, schema: FeatureSchema, chunk: int = 65536) -> np.ndarray:
     """Predictions on the target's scale: values, P(class 1) for binary, class probabilities otherwise."""
     enc = encode_features(frame, schema)
     was_training = model.training

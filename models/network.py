@@ -172,3 +172,24 @@ def choose_target_transform(requested: str, task: str, stats: dict[str, Any]) ->
         return requested
     t = stats["target"]
     return "log1p" if t["min"] >= 0 and t["skew"] > 1.0 else "standardize"
+
+
+class EnsembleNet(nn.Module):
+    """Several trained networks over the same inputs; the prediction is their mean on the target's scale
+    (values, or probabilities for classification). Exported whole, it is one ONNX graph."""
+
+    def __init__(self, specs: list[NetworkSpec]) -> None:
+        super().__init__()
+        if len(specs) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        tasks = {s.task for s in specs}
+        if len(tasks) != 1:
+            raise ValueError(f"ensemble members disagree on the task: {sorted(tasks)}")
+        self.members = nn.ModuleList(TabularNet(s) for s in specs)
+
+    @property
+    def spec(self) -> NetworkSpec:
+        return self.members[0].spec
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(numeric, categorical) for m in self.members]).mean(dim=0)

@@ -176,7 +176,7 @@ def lineage(paths: ProjectPaths, cand: Candidate, report: GateReport) -> dict[st
         "git": {"commit": _git(paths.root, "rev-parse", "HEAD"), "dirty": bool(dirty) if dirty is not None else None},
         "packages": package_versions(),
         "metrics": cand.metrics, "slices": cand.slices,
-        "training": {k: v for k, v in cand.training.items() if k not in ("history", "checks")},
+        "training": _without_histories(cand.training),
         "checks": cand.training.get("checks"),
         "skipped_checks": cand.training.get("skipped_checks", []),
         "parity": cand.parity,
@@ -227,6 +227,14 @@ before trusting it on data unlike that.
 
 
 # ------------------------------------------------------------------------------ register, promote
+def _without_histories(training: dict[str, Any]) -> dict[str, Any]:
+    """training.json for the model card: settings and outcomes, not per-epoch histories or check details."""
+    out = {k: v for k, v in training.items() if k not in ("history", "checks", "ensemble")}
+    if "ensemble" in training:
+        out["ensemble"] = [{k: v for k, v in member.items() if k != "history"} for member in training["ensemble"]]
+    return out
+
+
 def register_candidate(paths: ProjectPaths, registry: Registry) -> tuple[Version, GateReport, bool]:
     params = load_params(paths.params)
     cand = load_candidate(paths)

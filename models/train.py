@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,17 @@ import torch.distributed as dist
 
 from loopline.atomic import StagedOutputs, write_json
 from loopline.cli import run_stage
-from loopline.config import Params, load_params
+from loopline.config import Params, load_params, load_tuned, training_runs
 from loopline.features import encode_features, encode_target
 from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema, schema_from_dict
-from models.checks import raise_on_failures, run_recipe_checks
+from models.checks import CheckResult, RecipeCheckError, raise_on_failures, run_recipe_checks
 from models.inference import MODEL_FILES, predict
-from models.lr_finder import lr_range_test, plot_lr_range
+from models.lr_finder import LRRangeResult, lr_range_test, plot_lr_range
 from models.metrics import task_metrics
-from models.network import TabularNet, build_spec, choose_target_transform
-from models.trainer import Batch, make_batch, resolve_device, resolve_precision, seed_everything, train_model
+from models.network import EnsembleNet, TabularNet, build_spec, choose_target_transform
+from models.trainer import (Batch, TrainResult, make_batch, resolve_device, resolve_precision, seed_everything,
+                            train_model)
 
 log = logging.getLogger(__name__)
 
@@ -91,36 +93,78 @@ def max_parameter_gap_across_ranks(model: TabularNet) -> float:
     return max(float((g - gathered[0]).abs().max()) for g in gathered)
 
 
-def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
-    paths = paths or ProjectPaths.here()
-    rank, world = init_distributed()
-    params = load_params(paths.params)
+@dataclass
+class Fitted:
+    """One network trained by the recipe, with what its training found."""
+
+    model: TabularNet
+    result: TrainResult
+    lr: float
+    lr_range: LRRangeResult | None
+    checks: list[CheckResult]
+
+
+def fit(data: PreparedSplits, params: Params, *, run_checks: bool = True, find_lr: bool = True,
+        checkpoint: Path | None = None, fingerprint: str = "", rank: int = 0, world: int = 1,
+        on_epoch: Callable[[dict[str, float]], None] | None = None) -> Fitted:
+    """Build, check, and train one network on data's train split, early-stopped on its val split.
+
+    Recipe checks raise on failure (RecipeCheckError); the LR range test runs when `find_lr` or when
+    train.lr is 'auto'. `on_epoch` sees every epoch's losses (the tuner's pruning hook)."""
     cfg = params.train
     seed_everything(params.seed, cfg.deterministic)
-    data = load_prepared(paths)
     train, val = data.batch("train"), data.batch("val")
     model = build_model(data, params)
-
-    checks = run_recipe_checks(model, train, val, cfg, params.seed)
-    if rank == 0 and not all(c.passed for c in checks):
-        # reports/train/checks.json stays with the model it describes; this run's report goes aside.
-        write_json(paths.failed_checks, [c.to_dict() for c in checks])
-        log.info("recipe check report of this failed run: %s", paths.failed_checks)
-    raise_on_failures(checks)
-
-    lr_range = lr_range_test(model, train, cfg, params.seed)
+    checks: list[CheckResult] = []
+    if run_checks:
+        checks = run_recipe_checks(model, train, val, cfg, params.seed)
+        raise_on_failures(checks)
+    lr_range = lr_range_test(model, train, cfg, params.seed) if find_lr or cfg.lr == "auto" else None
     lr = lr_range.suggested_lr if cfg.lr == "auto" else float(cfg.lr)
-    log.info("LR range test suggests %.3g; training with lr %.3g%s", lr_range.suggested_lr, lr,
-             " (train.lr: auto)" if cfg.lr == "auto" else "")
-
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    log.info("device %s, precision %s, %d process(es)", device, precision, world)
     torch.manual_seed(params.seed + 1)  # training's own random stream, whichever checks ran before
-    result = train_model(model, train, val, cfg, seed=params.seed, lr=lr, device=device,
-                         checkpoint=paths.checkpoint, fingerprint=run_fingerprint(params, paths),
-                         rank=rank, world=world)
-    rank_gap = max_parameter_gap_across_ranks(model) if world > 1 else 0.0
+    result = train_model(model, train, val, cfg, seed=params.seed, lr=lr, device=device, checkpoint=checkpoint,
+                         fingerprint=fingerprint, rank=rank, world=world, on_epoch=on_epoch)
+    return Fitted(model, result, lr, lr_range, checks)
+
+
+def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
+    """The train stage: params.yaml with tuned.yaml's overrides applied; one network, or each member of
+    a tuned ensemble, trained by the same recipe (checks, LR range test, loop) and saved as one model."""
+    paths = paths or ProjectPaths.here()
+    rank, world = init_distributed()
+    base = load_params(paths.params)
+    tuned = load_tuned(paths.tuned_params)
+    runs = training_runs(base, tuned, str(paths.tuned_params))
+    if not tuned.empty:
+        log.info("applying %s (study %s, trial %s)%s", paths.tuned_params.name, tuned.study.get("name", "?"),
+                 tuned.study.get("trial", "?"), f": an ensemble of {len(runs)}" if len(runs) > 1 else "")
+    data = load_prepared(paths)
+    device = resolve_device(runs[0].train.device)
+    precision = resolve_precision(runs[0].train.precision, device)
+    log.info("device %s, precision %s, %d process(es)", device, precision, world)
+
+    fitted: list[Fitted] = []
+    for i, params in enumerate(runs):
+        member = f"member {i}: " if len(runs) > 1 else ""
+        checkpoint = paths.checkpoint if len(runs) == 1 else paths.checkpoint.with_name(f"train-member{i}.pt")
+        try:
+            one = fit(data, params, checkpoint=checkpoint, fingerprint=run_fingerprint(params, paths),
+                      rank=rank, world=world)
+        except RecipeCheckError as exc:
+            if rank == 0:  # reports/train/checks.json stays with the model it describes
+                write_json(paths.failed_checks, exc.results_dicts())
+                log.info("recipe check report of this failed run: %s", paths.failed_checks)
+            raise
+        log.info("%sLR range test suggests %.3g; trained with lr %.3g%s", member, one.lr_range.suggested_lr,
+                 one.lr, " (train.lr: auto)" if params.train.lr == "auto" else "")
+        fitted.append(one)
+    model: TabularNet | EnsembleNet = fitted[0].model
+    if len(fitted) > 1:
+        model = EnsembleNet([f.model.spec for f in fitted])
+        for target, f in zip(model.members, fitted):
+            target.load_state_dict(f.model.state_dict())
+    rank_gap = max(max_parameter_gap_across_ranks(f.model) for f in fitted) if world > 1 else 0.0
     model.cpu().eval()
     if rank != 0:
         dist.barrier()
@@ -131,29 +175,35 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
     metrics = {split: task_metrics(data.schema.task.value, encode_target(data.frames[split], data.schema),
                                    predict(model, data.frames[split], data.schema))
                for split in ("val", "test")}
-    training = {
-        "device": str(device), "precision": precision, "processes": world, "lr": lr,
-        "lr_range_suggestion": lr_range.suggested_lr, "best_epoch": result.best_epoch,
-        "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early, "steps": result.steps,
-        "samples_per_second": result.samples_per_second, "resumed_from": result.resumed_from,
-        "max_parameter_gap_across_ranks": rank_gap,
-        "skipped_checks": [c.name for c in checks if c.skipped], "history": result.history,
-    }
-    summary = {"val": metrics["val"], "test": metrics["test"], "best_epoch": result.best_epoch,
-               "epochs_run": len(result.history), "lr": lr}
+    records = [training_record(f, device, precision, world, rank_gap) for f in fitted]
+    checks = [{**c.to_dict(), **({"member": i} if len(fitted) > 1 else {})}
+              for i, f in enumerate(fitted) for c in f.checks]
+    training = {**records[0], "checks": checks,
+                "skipped_checks": sorted({c["name"] for c in checks if c.get("skipped")})}
+    if len(fitted) > 1:
+        training["ensemble"] = records
+    if not tuned.empty:
+        training["tuned"] = tuned.model_dump()
+    best = fitted[0].result
+    summary = {"val": metrics["val"], "test": metrics["test"], "best_epoch": best.best_epoch,
+               "epochs_run": len(best.history), "lr": fitted[0].lr}
+    if len(fitted) > 1:
+        summary["ensemble_members"] = len(fitted)
     with StagedOutputs() as out:
         model_dir = out.path(paths.model_dir, directory=True)
         torch.save(model.state_dict(), model_dir / MODEL_FILES["weights"])
-        write_json(model_dir / MODEL_FILES["spec"], model.spec.to_dict())
+        spec = ({"ensemble": [f.model.spec.to_dict() for f in fitted]} if len(fitted) > 1
+                else model.spec.to_dict())
+        write_json(model_dir / MODEL_FILES["spec"], spec)
         write_json(model_dir / MODEL_FILES["schema"], data.schema.to_dict())
         write_json(model_dir / MODEL_FILES["stats"], data.stats)
-        write_json(model_dir / MODEL_FILES["training"], {**training, "checks": [c.to_dict() for c in checks]})
+        write_json(model_dir / MODEL_FILES["training"], training)
         write_json(out.path(paths.train_metrics), summary)
-        write_json(out.path(paths.recipe_checks), [c.to_dict() for c in checks])
-        write_json(out.path(paths.train_reports_dir / "lr_range.json"), lr_range.to_dict())
-        plot_lr_range(lr_range, out.path(paths.train_reports_dir / "lr_range.png"))
-        _plot_losses(result.history, out.path(paths.train_reports_dir / "loss_curves.png"))
-        write_tracking(out.path(paths.dvclive_dir, directory=True), params, result.history)
+        write_json(out.path(paths.recipe_checks), checks)
+        write_json(out.path(paths.train_reports_dir / "lr_range.json"), fitted[0].lr_range.to_dict())
+        plot_lr_range(fitted[0].lr_range, out.path(paths.train_reports_dir / "lr_range.png"))
+        _plot_losses([f.result.history for f in fitted], out.path(paths.train_reports_dir / "loss_curves.png"))
+        write_tracking(out.path(paths.dvclive_dir, directory=True), runs, [f.result.history for f in fitted])
     if world > 1:
         dist.barrier()
     log.info("val %s", _fmt(metrics["val"]))
@@ -161,8 +211,20 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
     return summary
 
 
-def write_tracking(directory: Path, params: Params, history: list[dict[str, float]]) -> None:
-    """The run's DVCLive log: params and, per epoch, train and validation loss and the learning rate.
+def training_record(f: Fitted, device: torch.device, precision: str, world: int, rank_gap: float) -> dict[str, Any]:
+    r = f.result
+    return {
+        "device": str(device), "precision": precision, "processes": world, "lr": f.lr,
+        "lr_range_suggestion": f.lr_range.suggested_lr if f.lr_range else None, "best_epoch": r.best_epoch,
+        "best_val_loss": r.best_val_loss, "stopped_early": r.stopped_early, "steps": r.steps,
+        "samples_per_second": r.samples_per_second, "resumed_from": r.resumed_from,
+        "max_parameter_gap_across_ranks": rank_gap, "history": r.history,
+    }
+
+
+def write_tracking(directory: Path, runs: list[Params], histories: list[list[dict[str, float]]]) -> None:
+    """The run's DVCLive log: params and, per epoch, train and validation loss and the learning rate
+    (per member, prefixed member<i>/, for an ensemble).
 
     Written from the whole history once training has finished (a resumed run's history includes the
     epochs before the interruption), into the staged directory, so a failed run leaves the last log.
@@ -170,24 +232,34 @@ def write_tracking(directory: Path, params: Params, history: list[dict[str, floa
     from dvclive import Live
 
     live = Live(dir=str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
-    live.log_params({"seed": params.seed, "train": params.train.model_dump(mode="json")})
-    for record in history:
-        for name, key in (("train/loss", "train_loss"), ("val/loss", "val_loss"), ("train/lr", "lr")):
-            live.log_metric(name, record[key])
+    if len(runs) == 1:
+        live.log_params({"seed": runs[0].seed, "train": runs[0].train.model_dump(mode="json")})
+    else:
+        live.log_params({"seed": runs[0].seed,
+                         "ensemble": {f"member{i}": r.train.model_dump(mode="json") for i, r in enumerate(runs)}})
+    for step in range(max(len(h) for h in histories)):
+        for i, history in enumerate(histories):
+            if step >= len(history):
+                continue
+            prefix = f"member{i}/" if len(histories) > 1 else ""
+            for name, key in (("train/loss", "train_loss"), ("val/loss", "val_loss"), ("train/lr", "lr")):
+                live.log_metric(prefix + name, history[step][key])
         live.next_step()
     live.end()
 
 
-def _plot_losses(history: list[dict[str, float]], path) -> None:
+def _plot_losses(histories: list[list[dict[str, float]]], path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    for i, history in enumerate(histories):
+        member = f" (member {i})" if len(histories) > 1 else ""
+        epochs = [h["epoch"] for h in history]
+        ax.plot(epochs, [h["train_loss"] for h in history], label=f"train{member}")
+        ax.plot(epochs, [h["val_loss"] for h in history], label=f"validation{member}", linestyle="--")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_yscale("log")

@@ -226,7 +226,10 @@ def train_model(
     fingerprint: str = "",
     rank: int = 0,
     world: int = 1,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
+    """Train in place and restore the best epoch's weights. `on_epoch` sees each epoch's record (epoch,
+    train_loss, val_loss, lr, step) once it is final; what it raises ends the run (a pruned trial)."""
     precision = resolve_precision(params.precision, device)
     model.to(device)
     train, val = train.to(device), val.to(device)
@@ -326,6 +329,8 @@ def train_model(
             log.info("epoch %d: train loss %.5f, val loss %.5f, lr %.3g%s", epoch, record["train_loss"], val_loss,
                      record["lr"], " (best)" if bad_epochs == 0 else "")
         snapshot(epoch + 1, 0)
+        if on_epoch is not None:
+            on_epoch(record)
         if bad_epochs >= params.patience:
             result.stopped_early = True
             log.info("early stopping: no improvement for %d epochs; restoring epoch %d", bad_epochs, result.best_epoch)
