@@ -271,6 +271,11 @@ class Params(BaseModel):
     """The gate's rules (see models.gate). Deliberately without defaults: missing or empty fails closed."""
 
 
+def validation_problems(exc: ValidationError) -> str:
+    """pydantic's errors as one line: each setting's dotted key and what is wrong with it."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors())
+
+
 def load_params(path: str | Path | None = None) -> Params:
     path = Path(path) if path is not None else ProjectPaths.here().params
     if not path.is_file():
@@ -282,10 +287,7 @@ def load_params(path: str | Path | None = None) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {validation_problems(exc)}") from None
 
 
 def with_overrides(params: Params, overrides: dict[str, Any], source: str = "overrides") -> Params:
@@ -305,8 +307,7 @@ def with_overrides(params: Params, overrides: dict[str, Any], source: str = "ove
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"{source}: {problems}") from None
+        raise ConfigError(f"{source}: {validation_problems(exc)}") from None
 
 
 class TunedParams(BaseModel):
@@ -335,9 +336,7 @@ def load_tuned(path: str | Path) -> TunedParams:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-                             for err in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {validation_problems(exc)}") from None
 
 
 def training_runs(params: Params, tuned: TunedParams, source: str = "tuned.yaml") -> list[Params]:

@@ -30,6 +30,7 @@ from loopline.features import encode_target
 from loopline.paths import ProjectPaths
 from models.inference import predict
 from models.metrics import task_metrics
+from models.train import PreparedSplits, fit, load_prepared
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,8 @@ def make_folds(pool: pd.DataFrame, params: Params, schema) -> list[Fold]:
     return kfold_folds(len(pool), cv.folds, params.seed, groups)
 
 
-def fold_data(data, pool: pd.DataFrame, fold: Fold):
+def fold_data(data: PreparedSplits, pool: pd.DataFrame, fold: Fold) -> PreparedSplits:
     """The fold as PreparedSplits: its rows, with statistics refitted on its training rows."""
-    from models.train import PreparedSplits
-
     train = pool.iloc[fold.train].reset_index(drop=True)
     val = pool.iloc[fold.val].reset_index(drop=True)
     stats = fit_preprocessing_stats(train, data.schema, data.stats.get("missing_fills", {}))
@@ -133,12 +132,10 @@ def summarise(method: str, folds: list[dict[str, Any]]) -> CVReport:
                     {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()})
 
 
-def cross_validate(data, params: Params, *, on_fold: Callable[[int, float], None] | None = None,
+def cross_validate(data: PreparedSplits, params: Params, *, on_fold: Callable[[int, float], None] | None = None,
                    run_checks: bool = False, find_lr: bool = False) -> CVReport:
     """Train `params` on every fold; per fold: rows, time range, best validation loss and the task's
     metrics on its validation rows. `on_fold(i, mean_val_loss_so_far)` may raise to stop early."""
-    from models.train import fit
-
     pool = cv_pool(data.frames)
     time_column = data.schema.time_column
     task = data.schema.task.value
@@ -163,8 +160,6 @@ def cross_validate(data, params: Params, *, on_fold: Callable[[int, float], None
 
 def run_crossval(paths: ProjectPaths | None = None) -> CVReport:
     """The training settings (params.yaml with tuned.yaml applied) cross-validated per params.yaml `cv:`."""
-    from models.train import load_prepared
-
     paths = paths or ProjectPaths.here()
     params = training_runs(load_params(paths.params), load_tuned(paths.tuned_params), str(paths.tuned_params))[0]
     report = cross_validate(load_prepared(paths), params)

@@ -48,8 +48,10 @@ from loopline.config import Params, SearchDimension, TuneParams, load_params, wi
 from loopline.errors import ConfigError, LooplineError
 from loopline.features import encode_target
 from loopline.paths import ProjectPaths
+from models.crossval import cross_validate
 from models.inference import predict
 from models.metrics import task_metrics
+from models.train import PreparedSplits, fit, load_prepared
 from models.trainer import TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -227,13 +229,11 @@ def trial_params(base: Params, cfg: TuneParams, chosen: dict[str, Any], number: 
 class Objective:
     """Trains one trial's settings; returns its best validation loss (mean over folds with CV)."""
 
-    def __init__(self, paths: ProjectPaths, base: Params, data, study: str) -> None:
+    def __init__(self, paths: ProjectPaths, base: Params, data: PreparedSplits, study: str) -> None:
         self.paths, self.base, self.data, self.study = paths, base, data, study
         self.cfg = base.tune
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from models.train import fit
-
         chosen = suggest(trial, self.cfg.space)
         trial.set_user_attr("overrides", chosen)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -256,8 +256,6 @@ class Objective:
 
         try:
             if self.cfg.cross_validate:
-                from models.crossval import cross_validate
-
                 report = cross_validate(self.data, params, on_fold=on_fold)
                 value = report.mean["best_val_loss"]
                 metrics = {k: v for k, v in report.mean.items() if k != "best_val_loss"}
@@ -316,8 +314,6 @@ def run_trials(paths: ProjectPaths, *, n_trials: int | None, timeout_minutes: fl
                name: str | None = None, storage: str | None = None, seed_offset: int = 0) -> str:
     """One worker: run trials of the study until its share of the budget or the time is spent (without
     either, params.yaml's budget)."""
-    from models.train import load_prepared
-
     base = load_params(paths.params)
     if n_trials is None and timeout_minutes is None:
         n_trials, timeout_minutes = base.tune.n_trials, base.tune.timeout_minutes
