@@ -34,7 +34,8 @@ QUICK_TUNE = {
 
 
 # What the tests that change tune: settings put back (set_params merges one level deep).
-QUICK_TUNE_AGAIN = {**QUICK_TUNE, "sampler": "tpe", "start_from_current": True, "cross_validate": False}
+QUICK_TUNE_AGAIN = {**QUICK_TUNE, "sampler": "tpe", "pruner": "median", "start_from_current": True,
+                    "cross_validate": False}
 
 
 def tune(project: Project, *args: str) -> str:
@@ -78,21 +79,28 @@ def test_a_seeded_search_is_repeatable(prepared: Project) -> None:
         assert prepared.path(f"reports/tune/seeded/{name}").stat().st_size > 0
 
 
-def test_pruning_stops_a_trial_that_is_clearly_worse(prepared: Project) -> None:
+@pytest.mark.parametrize("pruner", ["median", "successive_halving"])
+def test_pruning_stops_a_trial_that_is_clearly_worse(prepared: Project, pruner: str) -> None:
     from models.tune import open_study
 
-    db = f"sqlite:///{prepared.path('pruning.db')}"
-    params = load_params(prepared.path("params.yaml"))
-    study = open_study(ProjectPaths(prepared.root), params, name="pruning", storage=db)
-    good = {"train.lr": 3.0e-3, "train.optimizer": "adamw", "train.model.hidden": json.dumps([64, 32])}
-    study.enqueue_trial(good)
-    study.enqueue_trial({**good, "train.lr": 5.0e-3})
-    # plain SGD at the smallest rate barely moves from its initial loss
-    study.enqueue_trial({"train.lr": 1.0e-4, "train.optimizer": "sgd", "train.momentum": 0.8,
-                         "train.model.hidden": json.dumps([32])})
-    tune(prepared, "--worker", "--study", "pruning", "--storage", db, "--trials", "3")
-    trials = load(prepared, "pruning", "pruning.db").trials
-    assert [t.state for t in trials[:2]] == [optuna.trial.TrialState.COMPLETE] * 2
+    db = f"sqlite:///{prepared.path(f'pruning-{pruner}.db')}"
+    prepared.set_params(tune={**QUICK_TUNE_AGAIN, "pruner": pruner})
+    try:
+        params = load_params(prepared.path("params.yaml"))
+        study = open_study(ProjectPaths(prepared.root), params, name="pruning", storage=db)
+        good = {"train.lr": 3.0e-3, "train.optimizer": "adamw", "train.model.hidden": json.dumps([64, 32])}
+        study.enqueue_trial(good)
+        study.enqueue_trial({**good, "train.lr": 5.0e-3})
+        # plain SGD at the smallest rate barely moves from its initial loss
+        study.enqueue_trial({"train.lr": 1.0e-4, "train.optimizer": "sgd", "train.momentum": 0.8,
+                             "train.model.hidden": json.dumps([32])})
+        tune(prepared, "--worker", "--study", "pruning", "--storage", db, "--trials", "3")
+    finally:
+        prepared.set_params(tune=QUICK_TUNE_AGAIN)
+    trials = load(prepared, "pruning", f"pruning-{pruner}.db").trials
+    assert trials[0].state == optuna.trial.TrialState.COMPLETE
+    if pruner == "median":  # successive halving keeps only the best of each rung, so it may stop trial 1 too
+        assert trials[1].state == optuna.trial.TrialState.COMPLETE
     worse = trials[2]
     assert worse.state == optuna.trial.TrialState.PRUNED
     assert max(worse.intermediate_values) < 2  # stopped before its third (last) epoch
