@@ -79,7 +79,7 @@ def ensemble_figures(data, params, study, top_k: int, workdir: Path) -> dict:
     from loopline.features import encode_features, encode_target
     from models.export import export_onnx, onnx_session
     from models.inference import predict
-    from models.metrics import primary_metric, task_metrics
+    from loopline.metrics import primary_metric, task_metrics
     from models.network import EnsembleNet
     from models.train import fit
 
@@ -152,7 +152,7 @@ def main() -> None:
                 study, params = search(project, data, sampler, seed, args.trials, args.epochs)
                 minutes[sampler] += (time.perf_counter() - start) / 60
                 best = study.best_trial
-                from models.metrics import primary_metric
+                from loopline.metrics import primary_metric
 
                 metric = primary_metric(data.schema.task.value)
                 results[sampler].append((best_after(study, half), best_after(study, args.trials),

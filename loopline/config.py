@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loopline.errors import ConfigError
+from loopline.metrics import ALL_METRICS
 from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema, load_schema
 
-BUILTIN_SOURCES = ("bike", "acs")
+BUILTIN_SOURCES = ("bike", "acs", "penguins")
 
 
 class _Section(BaseModel):
@@ -21,7 +24,7 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     source: str = "bike"
-    """'bike' or 'acs' (bundled datasets), or 'file' for a CSV or Parquet file of your own."""
+    """'bike', 'acs' or 'penguins' (bundled datasets), or 'file' for a CSV or Parquet file of your own."""
     path: str | None = None
     """With source 'file': the file, relative to the project root (keep it under data/external)."""
     schema_file: str | None = Field(default=None, alias="schema")
@@ -255,8 +258,42 @@ class TuneParams(_Section):
         return self
 
 
+class ThresholdLimits(_Section):
+    min: float | None = None
+    max: float | None = None
+
+
+class GateParams(_Section):
+    """The gate's rules (models.gate judges them). Margins and tolerances have no defaults: a rule the
+    gate applies is always one a person wrote down, never a silent zero."""
+
+    thresholds: dict[str, ThresholdLimits] = {}
+    """Absolute limits on the whole test split, by metric; metrics the task lacks are not applied."""
+    baselines: list[Literal["mean", "majority", "linear"]] = []
+    """The candidate must beat each of these (those evaluated for the task) ..."""
+    baseline_margin: float = Field(ge=0, lt=1)
+    """... cutting its error by at least this fraction on every compare metric."""
+    compare_metrics: list[str] = []
+    """Metrics compared against the baselines and the production model."""
+    champion_tolerance: float = Field(ge=0)
+    """The candidate's error may exceed production's by at most this fraction, overall and per judged slice."""
+
+    @field_validator("thresholds", "compare_metrics")
+    @classmethod
+    def _known_metrics(cls, names: Any) -> Any:
+        for name in names:
+            if name not in ALL_METRICS:
+                raise ValueError(f"unknown metric {name!r}{_closest(name, ALL_METRICS)}; the metrics are {list(ALL_METRICS)}")
+        return names
+
+
+def _closest(name: str, valid: Any) -> str:
+    match = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
 class Params(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = 42
     data: DataParams = DataParams()
@@ -267,13 +304,46 @@ class Params(BaseModel):
     monitor: MonitorParams = MonitorParams()
     tune: TuneParams = TuneParams()
     cv: CrossValidationParams = CrossValidationParams()
-    gate: dict[str, Any] | None = None
-    """The gate's rules (see models.gate). Deliberately without defaults: missing or empty fails closed."""
+    gate: GateParams | None = None
+    """The gate's rules. Deliberately without defaults: a missing or empty section fails the gate closed."""
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _empty_gate_is_no_gate(cls, raw: Any) -> Any:
+        return None if raw == {} else raw
 
 
-def validation_problems(exc: ValidationError) -> str:
-    """pydantic's errors as one line: each setting's dotted key and what is wrong with it."""
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors())
+def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The setting names valid at `loc` below `model` (dict keys and list indexes stepped over)."""
+    annotation: Any = model
+    for part in loc:
+        candidates = [annotation, *typing.get_args(annotation)]
+        section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if section is not None:
+            field = next((f for n, f in section.model_fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return []
+            annotation = field.annotation
+        else:  # dict[str, X] or list[X]: the part is a key or an index
+            args = [a for c in candidates for a in typing.get_args(c)]
+            annotation = args[-1] if args else None
+    candidates = [annotation, *typing.get_args(annotation)]
+    section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return [f.alias or n for n, f in section.model_fields.items()] if section is not None else []
+
+
+def validation_problems(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """pydantic's errors as one line: each setting's dotted key and what is wrong with it. An unknown key
+    is named with the closest valid one."""
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and model is not None:
+            valid = _section_fields(model, tuple(err["loc"][:-1]))
+            message = f"unknown setting{_closest(err['loc'][-1], valid)}; valid here: {valid}"
+        problems.append(f"{key}: {message}")
+    return "; ".join(problems)
 
 
 def load_params(path: str | Path | None = None) -> Params:
@@ -287,7 +357,7 @@ def load_params(path: str | Path | None = None) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {validation_problems(exc)}") from None
+        raise ConfigError(f"{path}: {validation_problems(exc, Params)}") from None
 
 
 def with_overrides(params: Params, overrides: dict[str, Any], source: str = "overrides") -> Params:
@@ -307,7 +377,7 @@ def with_overrides(params: Params, overrides: dict[str, Any], source: str = "ove
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {validation_problems(exc)}") from None
+        raise ConfigError(f"{source}: {validation_problems(exc, Params)}") from None
 
 
 class TunedParams(BaseModel):

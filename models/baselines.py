@@ -28,7 +28,7 @@ from loopline.config import load_params
 from loopline.features import encode_features, encode_target
 from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema, schema_from_dict
-from models.metrics import task_metrics
+from loopline.metrics import task_metrics
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from loopline.errors import ConfigError, DataError
 from loopline.features import encode_target
 from loopline.paths import ProjectPaths
 from models.inference import predict
-from models.metrics import task_metrics
+from loopline.metrics import task_metrics
 from models.train import PreparedSplits, fit, load_prepared
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema
 from models.baselines import load_baselines
 from models.inference import load_model, predict
-from models.metrics import confusion, per_class_metrics, task_metrics
+from loopline.metrics import confusion, per_class_metrics, task_metrics
 
 log = logging.getLogger(__name__)
 MISSING_SLICE = "(missing)"

@@ -24,7 +24,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from models.metrics import lower_is_better
+from loopline.config import GateParams
+from loopline.metrics import error_of, lower_is_better
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,6 @@ class Evidence:
     champion_slices: dict[str, dict[str, dict[str, Any]]] | None = None
 
 
-def error_of(metric: str, value: float) -> float:
-    """How far from perfect: the metric itself for errors and losses, 1 - score for scores bounded by 1
-    (accuracy, F1, AUCs, R2). Margins and tolerances are fractions of this, so they mean the same near
-    0.99 as near 0.6."""
-    return value if lower_is_better(metric) else 1.0 - value
-
-
 def _from_error(metric: str, error: float) -> float:
     return error if lower_is_better(metric) else 1.0 - error
 
@@ -106,16 +100,16 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def judge(rules: dict[str, Any] | None, ev: Evidence) -> GateReport:
+def judge(rules: GateParams | None, ev: Evidence) -> GateReport:
     out: list[Rule] = []
     notes: list[str] = []
-    if not rules:
+    if rules is None:
         out.append(Rule("rule_set", None, "a non-empty params.yaml gate section", False,
                         "no gate rules: a missing or empty rule set fails closed"))
         return GateReport(False, out, ev.champion, notes)
 
     # Absolute thresholds.
-    thresholds = rules.get("thresholds") or {}
+    thresholds = rules.thresholds
     applicable = {m: lim for m, lim in thresholds.items() if m in ev.metrics}
     if not applicable:
         out.append(Rule("thresholds", sorted(thresholds), f"limits on some of {sorted(ev.metrics)}", False,
@@ -123,24 +117,24 @@ def judge(rules: dict[str, Any] | None, ev: Evidence) -> GateReport:
     for metric, limits in applicable.items():
         value = ev.metrics[metric]
         for kind in ("min", "max"):
-            if limits.get(kind) is None:
+            bound = getattr(limits, kind)
+            if bound is None:
                 continue
-            bound = limits[kind]
             ok = _finite(value) and (value >= bound if kind == "min" else value <= bound)
             out.append(Rule(f"threshold:{metric}", value, f"{'>=' if kind == 'min' else '<='} {bound}", ok))
 
     # Baselines.
-    compare = [m for m in rules.get("compare_metrics") or [] if m in ev.metrics]
+    compare = [m for m in rules.compare_metrics if m in ev.metrics]
     if not compare:
-        out.append(Rule("compare_metrics", rules.get("compare_metrics"), f"some of {sorted(ev.metrics)}", False,
+        out.append(Rule("compare_metrics", rules.compare_metrics, f"some of {sorted(ev.metrics)}", False,
                         "no metric to compare against baselines and champion"))
-    wanted = [b for b in rules.get("baselines") or [] if b in ev.baselines]
-    if not rules.get("baselines"):
+    wanted = [b for b in rules.baselines if b in ev.baselines]
+    if not rules.baselines:
         out.append(Rule("baselines", None, "baselines to beat", False, "no baselines named in gate.baselines"))
     elif not wanted:
-        out.append(Rule("baselines", rules["baselines"], sorted(ev.baselines), False,
+        out.append(Rule("baselines", rules.baselines, sorted(ev.baselines), False,
                         "none of the named baselines was evaluated"))
-    margin = float(rules.get("baseline_margin", 0.0))
+    margin = rules.baseline_margin
     for name in wanted:
         for metric in compare:
             ok, bound = _better(metric, ev.metrics[metric], ev.baselines[name][metric], margin)
@@ -154,7 +148,7 @@ def judge(rules: dict[str, Any] | None, ev: Evidence) -> GateReport:
         out.append(Rule("champion", ev.champion, "comparable on the same test rows", False,
                         "the production model could not be scored on the candidate's test rows"))
     else:
-        tolerance = float(rules.get("champion_tolerance", 0.0))
+        tolerance = rules.champion_tolerance
         for metric in compare:
             ok, bound = _not_worse(metric, ev.metrics[metric], ev.champion_metrics[metric], tolerance)
             out.append(Rule(f"champion:{metric}", ev.metrics[metric], round(bound, 6), ok,

@@ -50,7 +50,7 @@ from loopline.features import encode_target
 from loopline.paths import ProjectPaths
 from models.crossval import cross_validate
 from models.inference import predict
-from models.metrics import task_metrics
+from loopline.metrics import task_metrics
 from models.train import PreparedSplits, fit, load_prepared
 from models.trainer import TrainingDiverged
 

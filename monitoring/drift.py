@@ -20,7 +20,7 @@ import pandas as pd
 
 from loopline.config import MonitorParams
 from loopline.schema import FeatureSchema
-from models.metrics import primary_metric, task_metrics
+from loopline.metrics import primary_metric, task_metrics
 
 PREDICTION = "prediction"
 REFERENCE_ROWS = 50_000
@@ -161,7 +161,7 @@ def _performance_preset(schema: FeatureSchema) -> Any:
 
 def _performance(labelled: pd.DataFrame, schema: FeatureSchema, params: MonitorParams,
                  reference_metrics: dict[str, float]) -> Performance:
-    from models.gate import error_of
+    from loopline.metrics import error_of
 
     metric = primary_metric(schema.task.value)
     y = labelled[schema.target].to_numpy()

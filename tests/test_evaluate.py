@@ -9,7 +9,7 @@ from loopline.config import EvaluateParams, TrainParams
 from models.baselines import fit_baselines
 from models.evaluate import evaluate, plot_evaluation
 from models.inference import predict
-from models.metrics import CLASSIFICATION_METRICS
+from loopline.metrics import CLASSIFICATION_METRICS
 from models.trainer import train_model
 from toy import model_for, toy_data
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from loopline.config import EvaluateParams, TrainParams
+from loopline.config import EvaluateParams, GateParams, TrainParams, load_params
+from loopline.errors import ConfigError
 from models.baselines import fit_baselines
 from models.evaluate import evaluate
 from models.gate import Evidence, judge
@@ -16,7 +17,8 @@ from models.inference import predict
 from models.trainer import train_model
 from toy import model_for, toy_data
 
-RULES = yaml.safe_load((REPO / "params.yaml").read_text())["gate"]
+RAW_RULES = yaml.safe_load((REPO / "params.yaml").read_text())["gate"]
+RULES = GateParams.model_validate(RAW_RULES)
 PARITY = {"passed": True, "onnx_sha256": "abc", "max_abs_diff": 1e-6, "atol": 1e-4, "rtol": 1e-5}
 CHECKS = [{"name": n, "passed": True, "skipped": False}
           for n in ("loss_at_init", "overfit_one_batch", "input_independent_baseline", "gradients")]
@@ -43,19 +45,51 @@ def test_a_good_first_model_passes_and_the_report_says_there_is_no_champion() ->
     assert "first model: there is no production model to compare with" in report.notes
     assert {r.name for r in report.rules} >= {"threshold:r2", "beats:mean:mae", "beats:linear:rmse",
                                                "recipe_checks", "export_parity"}
-    for rule in report.rules:
-        assert {"value", "threshold", "passed"} <= set(report.to_dict()["rules"][0])
+    for rule in report.to_dict()["rules"]:
+        assert {"name", "value", "threshold", "passed", "detail"} <= set(rule), rule
 
 
-@pytest.mark.parametrize("rules", [None, {}], ids=["missing", "empty"])
-def test_a_missing_or_empty_rule_set_fails(rules) -> None:
-    report = judge(rules, evidence())
+@pytest.mark.parametrize("section", ["", "gate:\n", "gate: {}\n"], ids=["missing", "null", "empty"])
+def test_a_missing_or_empty_rule_set_fails(tmp_path, section) -> None:
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(section)
+    report = judge(load_params(params_file).gate, evidence())
     assert not report.passed
     assert failed(report) == ["rule_set"]
 
 
+@pytest.mark.parametrize(("typo", "named"), [
+    ("baseline_margn", "'baseline_margin'"), ("champion_tolerence", "'champion_tolerance'"),
+], ids=["baseline_margn", "champion_tolerence"])
+def test_a_mistyped_gate_key_is_refused_naming_the_valid_one(tmp_path, typo, named) -> None:
+    rules = {**RAW_RULES, typo: 0.5}
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"gate": rules}))
+    with pytest.raises(ConfigError, match=rf"gate\.{typo}: unknown setting \(did you mean {named}\?\)"):
+        load_params(params_file)
+
+
+def test_a_gate_without_its_margin_is_refused_instead_of_judging_with_zero(tmp_path) -> None:
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"gate": {k: v for k, v in RAW_RULES.items() if k != "baseline_margin"}}))
+    with pytest.raises(ConfigError, match=r"gate\.baseline_margin: Field required"):
+        load_params(params_file)
+
+
+def test_an_unknown_metric_or_top_level_section_is_refused_with_the_closest_name(tmp_path) -> None:
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"gate": {**RAW_RULES, "compare_metrics": ["mea"]}}))
+    with pytest.raises(ConfigError, match=r"gate\.compare_metrics: unknown metric 'mea' \(did you mean 'mae'\?\)"):
+        load_params(params_file)
+    params_file.write_text(yaml.safe_dump({"monitr": {"window_hours": 24}}))
+    with pytest.raises(ConfigError, match=r"monitr: unknown setting \(did you mean 'monitor'\?\)"):
+        load_params(params_file)
+
+
 def test_rules_that_do_not_apply_to_the_task_fail_instead_of_passing_vacuously() -> None:
-    rules = {**RULES, "thresholds": {"accuracy": {"min": 0.9}}, "compare_metrics": ["roc_auc"], "baselines": ["majority"]}
+    rules = RULES.model_copy(update={"thresholds": {"accuracy": GateParams.model_validate(
+        {**RAW_RULES, "thresholds": {"accuracy": {"min": 0.9}}}).thresholds["accuracy"]},
+        "compare_metrics": ["roc_auc"], "baselines": ["majority"]})
     assert set(failed(judge(rules, evidence()))) == {"thresholds", "compare_metrics", "baselines"}
 
 

@@ -1,12 +1,13 @@
-"""Metric names and how each is computed: the one place that defines them."""
+"""Metric names and how each is computed: the one place that defines them. scikit-learn is imported
+only where a metric is computed, so settings and the gate read the names without it."""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as skm
 
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "pr_auc", "log_loss")
+ALL_METRICS = REGRESSION_METRICS + CLASSIFICATION_METRICS
 # Lower is better for these; higher for the rest.
 LOWER_IS_BETTER = {"mae", "rmse", "log_loss"}
 
@@ -20,7 +21,16 @@ def lower_is_better(metric: str) -> bool:
     return metric in LOWER_IS_BETTER
 
 
+def error_of(metric: str, value: float) -> float:
+    """How far from perfect: the metric itself for errors and losses, 1 - score for scores bounded by 1
+    (accuracy, F1, AUCs, R2). Margins and tolerances are fractions of this, so they mean the same near
+    0.99 as near 0.6."""
+    return value if lower_is_better(metric) else 1.0 - value
+
+
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as skm
+
     return {
         "mae": float(skm.mean_absolute_error(y, pred)),
         "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
@@ -40,6 +50,8 @@ def _two_columns(proba: np.ndarray) -> np.ndarray:
 def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """`proba`: P(class 1) for binary, [rows, classes] otherwise; `y`: class indices.
     ROC-AUC and PR-AUC are one-vs-rest macro averages for multiclass; NaN when only one class is present."""
+    from sklearn import metrics as skm
+
     proba2 = _two_columns(proba)
     labels = np.arange(proba2.shape[1])
     pred = proba2.argmax(axis=1)
@@ -65,6 +77,8 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]
 
 
 def per_class_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
+    from sklearn import metrics as skm
+
     proba2 = _two_columns(proba)
     labels = np.arange(proba2.shape[1])
     precision, recall, f1, support = skm.precision_recall_fscore_support(
@@ -74,6 +88,8 @@ def per_class_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> d
 
 
 def confusion(y: np.ndarray, proba: np.ndarray) -> list[list[int]]:
+    from sklearn import metrics as skm
+
     """Rows: true class; columns: predicted class (schema order)."""
     proba2 = _two_columns(proba)
     return skm.confusion_matrix(y, proba2.argmax(axis=1), labels=np.arange(proba2.shape[1])).tolist()
