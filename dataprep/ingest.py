@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from dataprep import sources
+from dataprep.validate import PROVENANCE, parse_datetimes
 from loopline.atomic import StagedOutputs, write_json
 from loopline.cli import run_stage
 from loopline.config import Params, load_dataset_schema, load_params, schema_path
@@ -21,7 +22,6 @@ from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema, Kind
 
 log = logging.getLogger(__name__)
-PROVENANCE = ["_source_file", "_source_row"]
 
 
 @dataclass
@@ -40,6 +40,8 @@ def load_source(params: Params, paths: ProjectPaths) -> pd.DataFrame:
         return sources.load_bike()
     if source == "acs":
         return sources.load_acs()
+    if source == "penguins":
+        return sources.load_penguins()
     assert params.data.path is not None  # guaranteed by DataParams
     return sources.read_table(paths.root / params.data.path, label=params.data.path)
 
@@ -87,13 +89,15 @@ def parse_as_of(value: str | int | None, schema: FeatureSchema) -> tuple[object,
         stamp = pd.Timestamp(str(value))
     except ValueError:
         raise ConfigError(f"params.yaml: data.as_of: {value!r} is not a date or date-time") from None
+    if stamp.tzinfo is not None:  # times are compared in UTC (dataprep.validate.parse_datetimes)
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
     date_only = len(str(value).strip()) <= 10
     return (stamp + pd.Timedelta(days=1), False) if date_only else (stamp, True)
 
 
 def time_values(series: pd.Series, kind: Kind) -> pd.Series:
     if kind is Kind.DATETIME:
-        return pd.to_datetime(series, errors="coerce")
+        return parse_datetimes(series)
     return pd.to_numeric(series, errors="coerce")
 
 

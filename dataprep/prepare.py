@@ -7,7 +7,7 @@ and writes the files; `main()` is the DVC stage's entry point.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -29,6 +29,8 @@ EXAMPLE_ROWS = 5
 
 @dataclass
 class PreparedData:
+    schema: FeatureSchema
+    """The dataset's schema with the fills learned on the training split."""
     splits: dict[str, pd.DataFrame]
     quarantined: pd.DataFrame
     stats: dict[str, Any]
@@ -53,6 +55,7 @@ def prepare(raw: pd.DataFrame, schema: FeatureSchema, params: Params) -> Prepare
             raise DataError(f"the {name} split is empty after the missing-value policy dropped {dropped} rows")
 
     stats = fit_preprocessing_stats(splits["train"], schema, fills)
+    schema = replace(schema, learned_fills=fills)  # frozen with the model: serving fills nulls the same way
     report = build_data_report(
         schema=schema,
         rows_raw=len(raw),
@@ -64,7 +67,7 @@ def prepare(raw: pd.DataFrame, schema: FeatureSchema, params: Params) -> Prepare
         split_method=params.prepare.split.method,
         fills=fills,
     )
-    return PreparedData(splits=splits, quarantined=checked.quarantined, stats=stats, report=report)
+    return PreparedData(schema=schema, splits=splits, quarantined=checked.quarantined, stats=stats, report=report)
 
 
 def refuse_unusable_batches(raw: pd.DataFrame, checked: ValidationResult, max_invalid_share: float) -> None:
@@ -113,7 +116,7 @@ def run_prepare(paths: ProjectPaths | None = None) -> PreparedData:
             frame.to_parquet(prepared / paths.split(name).name, index=False)
         _text_safe(result.quarantined).to_parquet(prepared / paths.quarantine.name, index=False)
         write_json(prepared / paths.preprocessing_stats.name, result.stats)
-        write_json(prepared / paths.prepared_schema.name, schema.to_dict())
+        write_json(prepared / paths.prepared_schema.name, result.schema.to_dict())
         write_json(out.path(paths.data_report_json), result.report)
         write_json(out.path(paths.data_metrics), metrics_of(result.report))
         out.path(paths.data_report_html).write_text(render_html(result.report))

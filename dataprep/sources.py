@@ -40,6 +40,16 @@ def packaged_file(distribution: str, relative: str) -> Path:
     return path
 
 
+def packaged_label(distribution: str, relative: str) -> str:
+    """How provenance names a packaged data file: by distribution, version and path inside it, never by
+    where the environment happens to live (the raw snapshot, and so its DVC hash, must not depend on it)."""
+    return f"{distribution}=={importlib.metadata.version(distribution)}:{relative}"
+
+
+def read_packaged(distribution: str, relative: str) -> pd.DataFrame:
+    return read_table(packaged_file(distribution, relative), label=packaged_label(distribution, relative))
+
+
 def with_provenance(df: pd.DataFrame, file: Path | str) -> pd.DataFrame:
     df = df.copy()
     df["_source_file"] = str(file)
@@ -81,9 +91,8 @@ def load_bike() -> pd.DataFrame:
     time order, the hour becomes 0-23, a `timestamp` column is built and the weekday is rebuilt from the
     date. Blank `weathersit` stays blank: it is a real missing value.
     """
-    path = packaged_file(BIKE_DIST, BIKE_CSV)
-    df = read_table(path)
-    return adapt_bike(df, path)
+    df = read_packaged(BIKE_DIST, BIKE_CSV)
+    return adapt_bike(df, packaged_label(BIKE_DIST, BIKE_CSV))
 
 
 def adapt_bike(df: pd.DataFrame, path: Path | str) -> pd.DataFrame:
@@ -115,19 +124,37 @@ def parse_hour(value: object) -> object:
 
 def load_acs() -> pd.DataFrame:
     """ACS Employment, Massachusetts 2015-2018: reference rows plus analysis rows joined to their targets."""
-    reference_path = packaged_file(ACS_DIST, f"{ACS_DIR}/employment_MA_reference.pq")
-    analysis_path = packaged_file(ACS_DIST, f"{ACS_DIR}/employment_MA_analysis.pq")
-    target_path = packaged_file(ACS_DIST, f"{ACS_DIR}/employment_MA_analysis_target.pq")
-    reference = _decategorize(read_table(reference_path))
-    analysis = _decategorize(read_table(analysis_path))
-    targets = pd.read_parquet(target_path)
+    reference = _decategorize(read_packaged(ACS_DIST, f"{ACS_DIR}/employment_MA_reference.pq"))
+    analysis = _decategorize(read_packaged(ACS_DIST, f"{ACS_DIR}/employment_MA_analysis.pq"))
+    targets = pd.read_parquet(packaged_file(ACS_DIST, f"{ACS_DIR}/employment_MA_analysis_target.pq"))
     joined = analysis.merge(targets, on="id", how="left", validate="one_to_one")
     unmatched = int(joined["employed"].isna().sum())
     if unmatched:
-        raise DataError(f"{target_path}: {unmatched} analysis rows of {analysis_path} have no target")
+        raise DataError(f"{packaged_label(ACS_DIST, f'{ACS_DIR}/employment_MA_analysis_target.pq')}: {unmatched} "
+                        "analysis rows have no target")
     joined["employed"] = joined["employed"].astype(np.int64)
     df = pd.concat([reference, joined], ignore_index=True)
     return df.drop(columns=[c for c in ACS_DROP if c in df.columns])
+
+
+PENGUINS_DIST = "palmerpenguins"
+PENGUINS_CSV = "palmerpenguins/data/penguins-raw.csv"
+PENGUINS_COLUMNS = {"Individual ID": "individual", "Date Egg": "date_egg", "Island": "island",
+                    "Clutch Completion": "clutch_completion", "Culmen Length (mm)": "bill_length_mm",
+                    "Culmen Depth (mm)": "bill_depth_mm", "Flipper Length (mm)": "flipper_length_mm",
+                    "Body Mass (g)": "body_mass_g", "Sex": "sex", "Species": "species"}
+
+
+def load_penguins() -> pd.DataFrame:
+    """Palmer penguins (Gorman, Williams and Fraser 2014; 344 birds, three species, 2007-2009): the raw
+    table, with its columns given short names, species shortened to the genus' common name ("Adelie
+    Penguin (Pygoscelis adeliae)" -> "Adelie"), sex in lower case and the study's "." (unknown) as a null.
+    Rows come in the order the eggs were laid; missing measurements stay missing."""
+    df = read_packaged(PENGUINS_DIST, PENGUINS_CSV)
+    df = df.rename(columns=PENGUINS_COLUMNS)[[*PENGUINS_COLUMNS.values(), "_source_file", "_source_row"]]
+    df["species"] = df["species"].map(lambda v: str(v).split(" ")[0] if pd.notna(v) else v)
+    df["sex"] = df["sex"].map(lambda v: str(v).lower() if pd.notna(v) and v != "." else None)
+    return df.sort_values(["date_egg", "_source_row"], kind="mergesort").reset_index(drop=True)
 
 
 def _decategorize(df: pd.DataFrame) -> pd.DataFrame:

@@ -71,8 +71,10 @@ def check_column(values: pd.Series, col: Column) -> _ColumnCheck:
     elif col.kind is Kind.CATEGORICAL:
         check = _check_categorical(values, col, present)
     elif col.kind is Kind.DATETIME:
-        typed = pd.to_datetime(values, errors="coerce")
-        check = _ColumnCheck(typed, [(present & typed.isna().to_numpy(), "{v} is not a date/time", False)])
+        typed = parse_datetimes(values)
+        check = _ColumnCheck(typed, [(present & typed.isna().to_numpy(),
+                                      "{v} is not an ISO 8601 date/time (e.g. 2012-12-31 23:00 or 2012-12-31T23:00:00Z)",
+                                      False)])
     else:
         check = _ColumnCheck(values, [])
     if not col.nullable:
@@ -80,13 +82,39 @@ def check_column(values: pd.Series, col: Column) -> _ColumnCheck:
     return check
 
 
+def parse_datetimes(values: pd.Series) -> pd.Series:
+    """Each value parsed on its own as ISO 8601 (date, date and time, 'T' or space, seconds optional,
+    'Z' or an offset), never by a format guessed from the first value. Times with an offset are
+    converted to UTC; times without one are taken as they are (read as UTC). The result is naive
+    datetime64, NaT where a value is not a date/time."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC").dt.tz_localize(None)
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values.astype("datetime64[ns]")
+    if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")  # numbers are not times
+    values = values.map(lambda v: None if isinstance(v, (bool, np.bool_, int, float, np.number)) else v)
+    return pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True).dt.tz_localize(None)
+
+
+def _booleans(values: pd.Series) -> np.ndarray:
+    """Rows holding a boolean: a Parquet or pandas boolean column, or True/False among other values."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return values.notna().to_numpy()
+    if values.dtype == object:
+        return values.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+    return np.zeros(len(values), dtype=bool)
+
+
 def _check_numeric(values: pd.Series, col: Column, present: np.ndarray) -> _ColumnCheck:
-    if values.dtype == bool:
-        values = values.astype(object)
+    booleans = _booleans(values)
+    if booleans.any():  # True/False would otherwise become 1.0/0.0
+        values = values.astype(object).where(~booleans, None)
     typed = pd.to_numeric(values, errors="coerce").astype("float64")
     num = typed.to_numpy()
     parsed = ~np.isnan(num)
-    failures = [(present & ~parsed, "{v} is not a number", False)]
+    failures = [(booleans, "{v} is a boolean, not a number", False),
+                (present & ~parsed & ~booleans, "{v} is not a number", False)]
     finite = np.isfinite(num)
     failures.append((parsed & ~finite, "{v} is not a finite number", True))
     with np.errstate(invalid="ignore"):
@@ -102,7 +130,9 @@ def _check_numeric(values: pd.Series, col: Column, present: np.ndarray) -> _Colu
 def _check_categorical(values: pd.Series, col: Column, present: np.ndarray) -> _ColumnCheck:
     listed = _category_preview(col)
     if isinstance(col.categories[0], int):
-        num = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+        booleans = _booleans(values)
+        numbers = values.astype(object).where(~booleans, None) if booleans.any() else values
+        num = pd.to_numeric(numbers, errors="coerce").to_numpy(dtype="float64")
         whole = ~np.isnan(num) & (num == np.round(num))
         known = whole & np.isin(num, np.asarray(col.categories, dtype="float64"))
         typed = pd.Series(np.where(known, num, np.nan), index=values.index)

@@ -31,14 +31,43 @@ class EncodedFeatures:
 
 def encode_features(frame: pd.DataFrame, schema: FeatureSchema) -> EncodedFeatures:
     rows = len(frame)
+    numeric_fills = numeric_fill_values(schema)
     numeric = np.empty((rows, len(schema.numeric_features)), dtype=np.float32)
     for j, col in enumerate(schema.numeric_features):
         numeric[:, j] = pd.to_numeric(frame[col.name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    _fill_numeric(numeric, numeric_fills)
     categorical = np.empty((rows, len(schema.categorical_features)), dtype=np.int64)
-    for j, col in enumerate(schema.categorical_features):
-        index = {value: i for i, value in enumerate(col.categories)}
+    for j, (col, index) in enumerate(zip(schema.categorical_features, category_indexes(schema))):
         categorical[:, j] = [index.get(_category_key(v), UNKNOWN) for v in frame[col.name].tolist()]
     return EncodedFeatures(numeric=numeric, categorical=categorical)
+
+
+# A null becomes what training turned it into: prepare's learned fills, frozen in the model's schema
+# (schema.learned_fills). Both encoders apply them, so a served null meets the model exactly as the
+# training rows' nulls did; without a fill, a null stays NaN / UNKNOWN, the model's own missing slot.
+def numeric_fill_values(schema: FeatureSchema) -> np.ndarray:
+    """Per numeric feature, the value its nulls become (NaN: kept as missing)."""
+    fills = schema.learned_fills
+    return np.array([float(fills[c.name]) if c.name in fills else np.nan for c in schema.numeric_features],
+                    dtype=np.float32)
+
+
+def category_indexes(schema: FeatureSchema) -> list[dict[object, int]]:
+    """Per categorical feature, value -> position in its category list; None maps to the learned fill's
+    position where there is one (a value outside the list stays unknown either way)."""
+    indexes = []
+    for col in schema.categorical_features:
+        index: dict[object, int] = {value: i for i, value in enumerate(col.categories)}
+        if col.name in schema.learned_fills:
+            index[None] = index[_category_key(schema.learned_fills[col.name])]
+        indexes.append(index)
+    return indexes
+
+
+def _fill_numeric(numeric: np.ndarray, fills: np.ndarray) -> None:
+    missing = np.isnan(numeric) & ~np.isnan(fills)
+    if missing.any():
+        numeric[missing] = np.broadcast_to(fills, numeric.shape)[missing]
 
 
 class RecordEncoder:
@@ -47,15 +76,16 @@ class RecordEncoder:
 
     def __init__(self, schema: FeatureSchema) -> None:
         self.numeric_names = [c.name for c in schema.numeric_features]
-        # A dict lookup already treats 3.0 like 3 and finds no NaN or None, as _category_key does.
-        self.categorical = [(c.name, {value: i for i, value in enumerate(c.categories)})
-                            for c in schema.categorical_features]
+        self.numeric_fills = numeric_fill_values(schema)
+        # A dict lookup already treats 3.0 like 3, as _category_key does; None finds the learned fill.
+        self.categorical = [(c.name, index) for c, index in zip(schema.categorical_features, category_indexes(schema))]
 
     def __call__(self, records: Sequence[Mapping[str, object]]) -> EncodedFeatures:
         rows = len(records)
         numeric = np.empty((rows, len(self.numeric_names)), dtype=np.float32)
         for j, name in enumerate(self.numeric_names):
             numeric[:, j] = np.array([r.get(name) for r in records], dtype=np.float64)  # None -> NaN
+        _fill_numeric(numeric, self.numeric_fills)
         categorical = np.empty((rows, len(self.categorical)), dtype=np.int64)
         for j, (name, index) in enumerate(self.categorical):
             categorical[:, j] = [index.get(r.get(name), UNKNOWN) for r in records]

@@ -13,19 +13,43 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
-from loopline.schema import Column, FeatureSchema, Kind
+from loopline.schema import Column, FeatureSchema, Kind, MissingPolicy
+
+
+MAX_REQUEST_ID_LENGTH = 200
+"""An X-Request-ID (echoed, logged with every record, and named again by the labels posted to /feedback)."""
+
+
+def valid_request_id(value: str | bytes) -> bool:
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return 0 < len(text) <= MAX_REQUEST_ID_LENGTH and text.isascii() and text.isprintable()
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # JSON true/false equal 1/0 in Python, so a Literal of integer categories would take them.
+    if isinstance(value, bool):
+        raise ValueError(f"a boolean ({str(value).lower()}) is not a category")
+    return value
 
 
 def _field_type(col: Column) -> Any:
     if col.kind is Kind.CATEGORICAL:
         kind: Any = Literal[tuple(col.categories)]  # type: ignore[valid-type]
+        if all(isinstance(c, int) for c in col.categories):
+            kind = Annotated[kind, BeforeValidator(_not_a_boolean)]
     else:
         bounds = {k: v for k, v in (("ge", col.min), ("le", col.max)) if v is not None}
         # Strict: a JSON number (a whole number too, for a float column), never a string or a boolean.
         kind = Annotated[int if col.integer else float, Field(strict=True, allow_inf_nan=False, **bounds)]
-    return kind | None if col.nullable else kind
+    return kind | None if accepts_null(col) else kind
+
+
+def accepts_null(col: Column) -> bool:
+    """Whether a served record may leave the column empty: nullable, and not a column whose nulls
+    training dropped (the model never saw such a row)."""
+    return col.nullable and col.missing is not MissingPolicy.DROP
 
 
 def record_model(schema: FeatureSchema) -> type[BaseModel]:
@@ -33,7 +57,7 @@ def record_model(schema: FeatureSchema) -> type[BaseModel]:
     for col in schema.features:
         annotation = _field_type(col)
         description = col.description or f"{col.kind.value} feature"
-        default = None if col.nullable else ...
+        default = None if accepts_null(col) else ...
         fields[col.name] = (annotation, Field(default, description=description))
     return create_model(f"{_identifier(schema.name)}_record", __config__=ConfigDict(extra="forbid"), **fields)
 
@@ -52,7 +76,8 @@ def label_model(schema: FeatureSchema) -> type[BaseModel]:
     and the true target value (typed and bounded like the target column)."""
     return create_model(
         f"{_identifier(schema.name)}_label", __config__=ConfigDict(extra="forbid"),
-        request_id=(str, Field(..., min_length=1, max_length=200, description="the X-Request-ID of the request")),
+        request_id=(str, Field(..., min_length=1, max_length=MAX_REQUEST_ID_LENGTH,
+                               description="the X-Request-ID of the request")),
         record=(int, Field(0, ge=0, strict=True, description="the record's index in that request")),
         value=(_field_type(schema.target_column), Field(..., description=f"the true {schema.target}")),
     )
@@ -85,13 +110,13 @@ def describe_errors(errors: ValidationError | Sequence[Mapping[str, Any]]) -> li
         path = ""
         for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        problem = str(err.get("msg", "invalid"))
+        problem = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         in_record = len(loc) == 3  # ("records", index, field)
         kind = err.get("type")
         if kind == "extra_forbidden":
             problem = "unknown field: not a feature of the model's schema" if in_record else "unknown field"
         elif kind == "missing":
-            problem = "missing: the column is not nullable, so the field is required" if in_record else "missing"
+            problem = "missing: the column takes no null, so the field is required" if in_record else "missing"
         elif kind == "literal_error":
             allowed = problem.removeprefix("Input should be ")
             problem = (f"{err['input']!r} is not one of the categories: {allowed}" if "input" in err

@@ -92,6 +92,9 @@ class FeatureSchema:
     rows_independent: bool = False
     drop_columns: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    learned_fills: dict[str, Any] = field(default_factory=dict)
+    """What a null becomes, per column with a median/mean/mode/fill policy: learned on the training split
+    by `prepare` and frozen with the model, so serving treats a null exactly as training did."""
 
     def column(self, name: str) -> Column:
         for col in self.columns:
@@ -137,6 +140,7 @@ class FeatureSchema:
             "rows_independent": self.rows_independent,
             "drop_columns": dict(self.drop_columns),
             "columns": {c.name: c.to_dict() for c in self.columns},
+            **({"learned_fills": dict(self.learned_fills)} if self.learned_fills else {}),
         }
 
 
@@ -158,7 +162,7 @@ def schema_from_dict(raw: Any, *, source: str = "<schema>") -> FeatureSchema:
         raise where.error("", "the file must hold a mapping with 'name', 'task', 'target' and 'columns'")
     known = {
         "name", "description", "task", "target", "time_column", "group_column",
-        "rows_independent", "drop_columns", "columns",
+        "rows_independent", "drop_columns", "columns", "learned_fills",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -187,6 +191,7 @@ def schema_from_dict(raw: Any, *, source: str = "<schema>") -> FeatureSchema:
         group_column=raw.get("group_column"),
         rows_independent=bool(raw.get("rows_independent", False)),
         drop_columns={str(k): str(v) for k, v in drop_columns.items()},
+        learned_fills=dict(raw.get("learned_fills") or {}),
     )
     _check_consistency(schema, where)
     return schema
@@ -338,3 +343,13 @@ def _check_consistency(schema: FeatureSchema, where: _Where) -> None:
         raise where.error("drop_columns", f"{overlap[0]!r} is both dropped and defined as a column")
     if not schema.features:
         raise where.error("columns", "no feature columns are left after the target, time, group and id columns")
+    for col in schema.features:
+        if col.kind is Kind.DATETIME:
+            raise where.error(
+                f"columns.{col.name}.kind",
+                "a datetime column other than time_column cannot be a model input; derive numeric or "
+                "categorical features from it in the source (hour, weekday, days since ...), declare it "
+                "kind: id to keep it unused, or list it under drop_columns")
+    for name, value in schema.learned_fills.items():
+        if name not in names or schema.column(name).missing in (MissingPolicy.KEEP, MissingPolicy.DROP):
+            raise where.error(f"learned_fills.{name}", "names no column with a median, mean, mode or fill policy")

@@ -39,7 +39,7 @@ def test_a_nullable_field_may_be_left_out() -> None:
 
 
 @pytest.mark.parametrize("record, field, problem", [
-    ({k: v for k, v in GOOD.items() if k != "temp"}, "records[0].temp", "missing: the column is not nullable"),
+    ({k: v for k, v in GOOD.items() if k != "temp"}, "records[0].temp", "missing: the column takes no null"),
     ({**GOOD, "temp": "warm"}, "records[0].temp", "Input should be a valid number"),
     ({**GOOD, "temp": True}, "records[0].temp", "Input should be a valid number"),
     ({**GOOD, "temp": 99}, "records[0].temp", "less than or equal to 50"),
@@ -136,3 +136,22 @@ def test_records_encode_without_a_dataframe_exactly_as_the_training_encoding_doe
     np.testing.assert_array_equal(fast.numeric, slow.numeric)
     np.testing.assert_array_equal(fast.categorical, slow.categorical)
     assert fast.numeric.dtype == np.float32 and fast.categorical.dtype == np.int64
+
+
+def test_a_boolean_is_not_an_integer_category() -> None:
+    found = problems({"records": [{**GOOD, "hr": False}]})
+    assert found == [{"field": "records[0].hr", "problem": "a boolean (false) is not a category"}]
+
+
+def test_a_column_whose_nulls_training_dropped_takes_no_null_at_serving() -> None:
+    from loopline.schema import schema_from_dict
+
+    raw = BIKE.to_dict()
+    raw["columns"]["weathersit"]["missing"] = "drop"
+    dropping = request_model(schema_from_dict(raw), max_records=3)
+    with pytest.raises(ValidationError) as caught:
+        dropping.model_validate({"records": [{**GOOD, "weathersit": None}]})
+    assert [p["field"] for p in describe_errors(caught.value)] == ["records[0].weathersit"]
+    with pytest.raises(ValidationError):
+        dropping.model_validate({"records": [{k: v for k, v in GOOD.items() if k != "weathersit"}]})
+    assert Request.model_validate({"records": [{**GOOD, "weathersit": None}]})  # keep: null is the model's own slot

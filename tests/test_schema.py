@@ -74,6 +74,10 @@ CONTRADICTIONS = {
     "dropped and defined": (lambda s: s.update(drop_columns={"temp": "x"}), "'temp' is both dropped and defined"),
     "reserved name": (lambda s: s["columns"].update(_reason={"kind": "numeric"}), "'_reason' is reserved"),
     "unknown field": (lambda s: s["columns"]["temp"].update(maximum=3), "columns.temp.maximum: unknown field"),
+    "a datetime feature the model would ignore": (
+        lambda s: s["columns"].update(installed={"kind": "datetime"}),
+        "columns.installed.kind: a datetime column other than time_column cannot be a model input",
+    ),
 }
 
 

@@ -73,3 +73,66 @@ def test_valid_rows_get_their_schema_types() -> None:
     assert checked.valid["AGEP"].tolist() == [30.0, 41.5, 7.0]
     assert checked.valid["SCHL"].tolist() == ["16", "21", "3"]
     assert checked.valid["employed"].dtype == "int64"
+
+
+def test_booleans_are_not_numbers_even_in_a_parquet_batch(tmp_path) -> None:
+    schema = load_schema(REPO / "schemas/bike.yaml")
+    frame = pd.DataFrame({"temp": [True, False, True]})
+    frame.to_parquet(tmp_path / "batch.parquet")
+    read = pd.read_parquet(tmp_path / "batch.parquet")["temp"]
+    assert read.dtype == bool
+    from dataprep.validate import check_column
+
+    check = check_column(read, schema.column("temp"))
+    failing = [(mask.tolist(), template) for mask, template, _ in check.failures if mask.any()]
+    assert failing == [([True, True, True], "{v} is a boolean, not a number")]
+    mixed = check_column(pd.Series([12.5, True], dtype=object), schema.column("temp"))
+    assert [m.tolist() for m, t, _ in mixed.failures if m.any()] == [[False, True]]
+    hours = check_column(pd.Series([3, False], dtype=object), schema.column("hr"))
+    assert [m.tolist() for m, t, _ in hours.failures if m.any()] == [[False, True]]
+
+
+@pytest.mark.parametrize("text", ["2013-12-20 00:00", "2013-12-20T00:00:00Z", "2013-12-20", "2013-12-20T01:00:00+01:00",
+                                  "2013-12-20 00:00:00.000"])
+def test_timestamps_are_read_per_value_in_any_iso_8601_form(text: str) -> None:
+    from dataprep.validate import parse_datetimes
+
+    # The first value's form must not decide how the others are read.
+    parsed = parse_datetimes(pd.Series(["2013-12-19 23:00:00", text, "not a time"]))
+    assert parsed.tolist()[:2] == [pd.Timestamp("2013-12-19 23:00"), pd.Timestamp("2013-12-20 00:00")]
+    assert pd.isna(parsed.iloc[2])
+
+
+def test_a_time_that_is_not_iso_8601_is_quarantined_with_the_form_named() -> None:
+    schema = schema_from_dict({"name": "s", "task": "regression", "target": "y", "time_column": "at",
+                               "columns": {"at": {"kind": "datetime"}, "x": {"kind": "numeric"}, "y": {"kind": "numeric"}}})
+    frame = pd.DataFrame({"at": ["2013-12-20 00:00", "2013-12-20T01:00:00Z", "20/12/2013"], "x": 1.0, "y": 2.0})
+    checked = quarantine_invalid_rows(_raw(frame), schema)
+    assert len(checked.valid) == 2
+    assert checked.quarantined["_reason"].tolist() == [
+        "at: '20/12/2013' is not an ISO 8601 date/time (e.g. 2012-12-31 23:00 or 2012-12-31T23:00:00Z)"]
+
+
+def test_a_served_null_meets_the_model_as_the_training_time_imputation_did() -> None:
+    from loopline.features import RecordEncoder, encode_features
+
+    n = 300
+    frame = pd.DataFrame({"t": range(n), "x": np.linspace(0, 10, n), "c": ["b"] * (n - 100) + ["c"] * 100,
+                          "y": np.arange(n) * 0.5})
+    frame.loc[[5, 250], "x"] = np.nan
+    frame.loc[[6, 260], "c"] = None
+    result = prepare(_raw(frame), SCHEMA, Params())
+    fills = result.stats["missing_fills"]
+    assert result.schema.learned_fills == fills  # frozen with the model by prepare
+    frozen = schema_from_dict(result.schema.to_dict())
+    encode = RecordEncoder(frozen)
+    served_nulls = encode([{"t": 1, "x": None, "c": None}, {"t": 1}])
+    as_trained = encode([{"t": 1, "x": fills["x"], "c": fills["c"]}] * 2)
+    np.testing.assert_array_equal(served_nulls.numeric, as_trained.numeric)
+    np.testing.assert_array_equal(served_nulls.categorical, as_trained.categorical)
+    # The frame encoder (training, export parity, batch scoring) agrees with the request encoder.
+    table = encode_features(pd.DataFrame({"t": [1], "x": [None], "c": [None]}), frozen)
+    np.testing.assert_array_equal(table.numeric, as_trained.numeric[:1])
+    np.testing.assert_array_equal(table.categorical, as_trained.categorical[:1])
+    # A value outside the category list is still unknown, not the fill.
+    assert encode([{"t": 1, "x": 1.0, "c": "zzz"}]).categorical[0, 0] == -1
