@@ -163,6 +163,11 @@ class ProjectPaths:
         return self.onnx_dir / "golden.json"
 
     @property
+    def golden_expected(self) -> Path:
+        """The trained model's predictions on the golden batch, with the parity tolerance (written by export)."""
+        return self.onnx_dir / "golden_expected.json"
+
+    @property
     def export_report(self) -> Path:
         return self.root / "reports" / "export" / "parity.json"
 

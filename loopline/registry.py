@@ -54,6 +54,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verify_model_file(path: Path, version_id: str, recorded_sha256: str | None = None) -> None:
+    """The file's SHA-256 must be the one its version is named after (and the one recorded at
+    registration, when given); otherwise a RegistryError names the file and both hashes."""
+    actual = sha256_file(path)
+    expected = recorded_sha256 or version_id
+    if not actual.startswith(version_id) or (recorded_sha256 and actual != recorded_sha256):
+        raise RegistryError(f"{path}: SHA-256 {actual} does not match version {version_id} (expected "
+                            f"{expected}{'' if recorded_sha256 else '...'}): the file was altered")
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -134,11 +144,7 @@ class Registry:
         return sorted(found, key=lambda v: v.metadata.get("registered_at", ""))
 
     def verify_hash(self, version: Version) -> None:
-        actual = sha256_file(version.model)
-        expected = version.metadata["sha256"]
-        if actual != expected or not actual.startswith(version.id):
-            raise RegistryError(f"{version.model}: content hash {actual[:VERSION_DIGITS]}... does not match version "
-                                f"{version.id} (recorded {expected[:VERSION_DIGITS]}...): the file was altered")
+        verify_model_file(version.model, version.id, version.metadata["sha256"])
 
     # ---------------------------------------------------------------------------- the pointer
     @contextmanager

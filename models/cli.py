@@ -6,6 +6,7 @@
     loopline rollback --reason "why"  production goes back to the version it replaced
     loopline list                     every version, its gate verdict, and which one is in production
     loopline show [VERSION]           a version's lineage and model card (default: production)
+    loopline verify                   registry, production pointer and BentoML's store agree; repairs the store
 
 The registry lives in registry/ (or $LOOPLINE_REGISTRY). Run from the project root after `dvc repro`.
 """
@@ -97,6 +98,19 @@ def cmd_show(args: argparse.Namespace, paths: ProjectPaths) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace, paths: ProjectPaths) -> int:
+    from models.promote import verify_release
+
+    report = verify_release(_registry(paths))
+    for line in report.repaired:
+        print(f"repaired {line}")
+    for line in report.problems:
+        print(f"PROBLEM {line}")
+    print(f"{report.checked} version(s) checked: "
+          + ("registry, pointer and store agree" if report.ok else f"{len(report.problems)} problem(s) left"))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopline", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -118,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?")
     p.add_argument("--json", action="store_true", help="the full lineage record instead of the card")
     p.set_defaults(run=cmd_show)
+    p = sub.add_parser("verify", help="check every version's hash, the pointer and BentoML's store; repair the store")
+    p.set_defaults(run=cmd_verify)
     return parser
 
 

@@ -6,11 +6,11 @@ axis, and returns predictions on the target's own scale: the normalisation, embe
 and the target transform are inside it. The file is self-contained (no external weight files) and
 `onnx.checker` clean.
 
-Parity: a golden batch (held-out rows plus rows built to reach the edges: missing values, the schema's
-minimum and maximum, categories never seen in training and values outside the category list) goes
-through both models; the export fails when any prediction differs by more than
-`export.parity_tolerance`. The golden batch is stored next to the ONNX file so that the registry can
-re-check the file later.
+Parity: a golden batch (held-out rows plus rows built to reach every weight: missing values, both ends
+of each numeric range, every category and a value outside the category list) goes through both
+models; the export fails when any prediction differs by more than export.parity_atol + parity_rtol x
+|prediction| (params.yaml). The golden batch and the PyTorch model's predictions on it are stored next
+to the ONNX file, so that the registry and the service can re-check the file later without torch.
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ class ParityReport:
 
 
 def golden_batch(held_out: pd.DataFrame, schema: FeatureSchema, seen: pd.DataFrame) -> pd.DataFrame:
-    """Held-out rows plus edge rows: per numeric feature its missing value (if nullable) and the
-    schema's bounds; per categorical feature a listed category never seen in `seen` (if any), a value
-    outside the list, and a missing value."""
+    """Held-out rows plus edge rows, so that every weight the model has is used by some golden row:
+    per numeric feature both ends of its range (the schema's bounds, else the training data's) and its
+    missing value (if nullable); per categorical feature every listed category (each has its own
+    embedding row, seen in training or not), a value outside the list, and a missing value."""
     base = held_out.head(GOLDEN_HELD_OUT_ROWS).reset_index(drop=True)
     if base.empty:
         raise ExportError("the test split is empty: no rows for the golden batch")
@@ -82,14 +83,15 @@ def golden_batch(held_out: pd.DataFrame, schema: FeatureSchema, seen: pd.DataFra
     for col in schema.numeric_features:
         if col.nullable:
             variant(col.name, None)
-        for bound in (col.min, col.max):
+        observed = pd.to_numeric(seen[col.name], errors="coerce").dropna() if col.name in seen else pd.Series(dtype=float)
+        low = col.min if col.min is not None else (observed.min() if len(observed) else None)
+        high = col.max if col.max is not None else (observed.max() if len(observed) else None)
+        for bound in (low, high):
             if bound is not None:
                 variant(col.name, float(bound))
     for col in schema.categorical_features:
-        seen_values = set(seen[col.name].dropna().tolist()) if col.name in seen else set()
-        unseen = [c for c in col.categories if c not in seen_values]
-        if unseen:
-            variant(col.name, unseen[0])
+        for category in col.categories:
+            variant(col.name, category)
         variant(col.name, "__not_a_category__")
         if col.nullable:
             variant(col.name, None)
@@ -166,10 +168,11 @@ def onnx_session(path: Path, device: str = "cpu"):
         raise ExportError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
 
 
-def check_parity(model: TabularNet | EnsembleNet, session, golden: pd.DataFrame, schema: FeatureSchema,
+def check_parity(expected: np.ndarray, session, golden: pd.DataFrame, schema: FeatureSchema,
                  atol: float, rtol: float, onnx_sha256: str) -> ParityReport:
-    """The golden batch through both models, whole and in small batches (the batch axis is dynamic)."""
-    expected = predict(model, golden, schema).astype(np.float64)
+    """The PyTorch model's predictions on the golden batch against ONNX Runtime's, whole and in small
+    batches (the batch axis is dynamic)."""
+    expected = np.asarray(expected, dtype=np.float64)
     sizes = (len(golden), 1, 7)
     got = {size: np.concatenate([runtime.predict_frame(session, golden.iloc[s:s + size], schema)
                                  for s in range(0, len(golden), size)]).astype(np.float64)
@@ -210,7 +213,11 @@ def run_export(paths: ProjectPaths | None = None) -> ParityReport:
         export_onnx(model, onnx_file, n_num, n_cat)
         check_onnx_file(onnx_file)
         write_json(onnx_dir / paths.golden_batch.name, golden_records(golden))
-        report = check_parity(model, onnx_session(onnx_file), golden, schema,
+        expected = predict(model, golden, schema)
+        # Written once here: registration and serving re-check the ONNX file against these, without torch.
+        write_json(onnx_dir / paths.golden_expected.name, {
+            "predictions": expected.tolist(), "atol": params.export.parity_atol, "rtol": params.export.parity_rtol})
+        report = check_parity(expected, onnx_session(onnx_file), golden, schema,
                               params.export.parity_atol, params.export.parity_rtol, sha256_file(onnx_file))
         write_json(out.path(paths.export_report), report.to_dict())
         if not report.passed:

@@ -26,16 +26,16 @@ import pandas as pd
 import yaml
 
 from loopline.atomic import write_json
-from loopline.config import load_params
+from loopline.config import GateParams, load_params
 from loopline.errors import LooplineError
 from loopline.paths import ProjectPaths
 from loopline.registry import BENTO_MODEL_NAME, CARD_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError, Version, now, sha256_file
-from loopline.runtime import EXPECTED_FILE, GOLDEN_FILE, predict_frame, read_golden, reproduces_golden
+from loopline.runtime import EXPECTED_FILE, GOLDEN_FILE, predict_frame, reproduces_golden
 from loopline.schema import FeatureSchema, schema_from_dict
 from models.evaluate import metrics_by_slice
 from models.gate import Evidence, GateReport, judge
 from models.inference import MODEL_FILES
-from models.metrics import task_metrics
+from loopline.metrics import task_metrics
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Candidate:
 
 
 def load_candidate(paths: ProjectPaths) -> Candidate:
-    missing = [p for p in (paths.onnx_file, paths.evaluate_metrics, paths.evaluate_slices,
+    missing = [p for p in (paths.onnx_file, paths.golden_expected, paths.evaluate_metrics, paths.evaluate_slices,
                            paths.model_dir / MODEL_FILES["training"]) if not p.is_file()]
     if missing:
         raise PromotionRefused(f"no complete candidate: {[str(p) for p in missing]} missing; run `dvc repro` first")
@@ -184,6 +184,20 @@ def lineage(paths: ProjectPaths, cand: Candidate, report: GateReport) -> dict[st
     }
 
 
+HELD_OUT = {
+    "time": "a held-out split later in time than its training data",
+    "group": "a held-out split of groups it never saw in training",
+    "random": "a held-out split of rows drawn at random from the same period as its training data",
+}
+
+
+def split_method(meta: dict[str, Any]) -> str:
+    """How the version's data was split, from its lineage's params (params.yaml's default if unset)."""
+    from loopline.config import SplitParams
+
+    return (((meta.get("params") or {}).get("prepare") or {}).get("split") or {}).get("method") or SplitParams().method
+
+
 def model_card(version_id: str, meta: dict[str, Any], schema: FeatureSchema) -> str:
     m = meta["metrics"]
     names = [k for k in m["model"]]
@@ -205,8 +219,8 @@ def model_card(version_id: str, meta: dict[str, Any], schema: FeatureSchema) -> 
 
 ## Intended use
 Predicts `{schema.target}` for rows shaped like the schema below, through Loopline's HTTP service.
-It was evaluated on a held-out split later in time than its training data; watch the drift reports
-before trusting it on data unlike that.
+It was evaluated on {HELD_OUT[split_method(meta)]}; watch the drift reports before trusting it on
+data unlike that.
 
 ## Test metrics ({m['rows']} rows), next to the baselines
 | model | {' | '.join(names)} |
@@ -243,18 +257,11 @@ def register_candidate(paths: ProjectPaths, registry: Registry) -> tuple[Version
                          cand.test, registry, params.evaluate.min_slice_rows)
     report = judge(params.gate, ev)
     meta = lineage(paths, cand, report)
-    from models.inference import load_model, predict
-
-    golden = read_golden(paths.golden_batch)
-    model, _ = load_model(paths.model_dir)
-    expected = predict(model, golden, cand.schema)
     staging = paths.state_dir / "registry-staging"
     staging.mkdir(parents=True, exist_ok=True)
-    (staging / EXPECTED_FILE).write_text(json.dumps({"predictions": expected.tolist(),
-                                                     "atol": params.export.parity_atol, "rtol": params.export.parity_rtol}))
     cand.test.to_parquet(staging / TEST_ROWS_FILE, index=False)
     files = {SCHEMA_FILE: paths.model_dir / MODEL_FILES["schema"], GOLDEN_FILE: paths.golden_batch,
-             EXPECTED_FILE: staging / EXPECTED_FILE, TEST_ROWS_FILE: staging / TEST_ROWS_FILE,
+             EXPECTED_FILE: paths.golden_expected, TEST_ROWS_FILE: staging / TEST_ROWS_FILE,
              REFERENCE_FILE: paths.split("train")}
     version, created = registry.register(cand.onnx_file, files, meta, model_card(sha[:16], meta, cand.schema))
     report = report if created else GateReport.from_dict(version.metadata["gate"])
@@ -277,7 +284,7 @@ def verify_loads(version: Version) -> None:
                                "the ones recorded at registration")
 
 
-def rejudge(version: Version, registry: Registry, rules: dict | None, min_slice_rows: int) -> GateReport:
+def rejudge(version: Version, registry: Registry, rules: GateParams | None, min_slice_rows: int) -> GateReport:
     """The gate again, from the version's own records, against the current production model."""
     meta = version.metadata
     schema = version_schema(version)
@@ -330,20 +337,88 @@ def rollback(paths: ProjectPaths, registry: Registry, reason: str) -> tuple[str,
     return old, new
 
 
+STORE_FILES = (MODEL_FILE, SCHEMA_FILE, CARD_FILE, METADATA_FILE, GOLDEN_FILE, EXPECTED_FILE)
+"""What a version takes into BentoML's model store: what serving loads and checks."""
+
+
+def store_differences(version: Version) -> list[str] | None:
+    """The files of BentoML's copy of a version that differ from the registry's (missing ones too);
+    None when the store has no copy."""
+    import bentoml
+
+    try:
+        stored = bentoml.models.get(f"{BENTO_MODEL_NAME}:{version.id}")
+    except bentoml.exceptions.NotFound:
+        return None
+    differ = []
+    for name in STORE_FILES:
+        copy = Path(stored.path_of(name))
+        if not copy.is_file() or copy.read_bytes() != version.file(name).read_bytes():
+            differ.append(name)
+    return differ
+
+
 def save_to_bentoml(version: Version) -> str:
-    """The version in BentoML's model store as loopline:<version>, for `bentoml build` and serving."""
+    """The version in BentoML's model store as loopline:<version>, for `bentoml build` and serving. A
+    store copy that differs from the registry's bytes (altered, truncated, half-written) is saved again."""
     import bentoml
 
     tag = f"{BENTO_MODEL_NAME}:{version.id}"
-    try:
-        bentoml.models.get(tag)
+    differ = store_differences(version)
+    if differ == []:
         return tag
-    except bentoml.exceptions.NotFound:
-        pass
+    if differ:
+        log.warning("BentoML's store copy of %s differs from the registry in %s: saving it again", version.id, differ)
+        bentoml.models.delete(tag)
     meta = version.metadata
     with bentoml.models.create(tag,
                                labels={"schema": meta["schema"], "task": meta["task"]},
                                metadata={"sha256": meta["sha256"], "gate_passed": meta["gate"]["passed"]}) as model:
-        for name in (MODEL_FILE, SCHEMA_FILE, CARD_FILE, METADATA_FILE, GOLDEN_FILE, EXPECTED_FILE):
+        for name in STORE_FILES:
             Path(model.path_of(name)).write_bytes(version.file(name).read_bytes())
     return tag
+
+
+@dataclass
+class VerifyReport:
+    problems: list[str]
+    """What is wrong and could not be repaired (a registry file altered, a pointer to nothing)."""
+    repaired: list[str]
+    checked: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_release(registry: Registry) -> VerifyReport:
+    """Registry, production pointer and BentoML's store agree: every version's file matches its hash,
+    the pointer and its rollback stack name intact versions, and the store's copy of each of those is
+    byte-identical to the registry's, re-saved from the registry where it is not."""
+    problems: list[str] = []
+    repaired: list[str] = []
+    intact: dict[str, Version] = {}
+    versions = registry.list()
+    for version in versions:
+        try:
+            registry.verify_hash(version)
+            intact[version.id] = version
+        except RegistryError as exc:
+            problems.append(str(exc))
+    state = registry.pointer_state()
+    servable = [v for v in [state.get("version"), *state.get("previous", [])] if v]
+    for version_id in servable:
+        if version_id not in intact:
+            known = any(v.id == version_id for v in versions)
+            problems.append(f"{registry.pointer}: names {version_id}, which is "
+                            f"{'altered in the registry (see above)' if known else 'not in the registry'}")
+            continue
+        differ = store_differences(intact[version_id])
+        if differ is None:
+            continue  # not in the store yet: promotion or rollback saves it
+        if differ:
+            with registry.locked():
+                save_to_bentoml(intact[version_id])
+            repaired.append(f"{BENTO_MODEL_NAME}:{version_id}: store copy differed in {', '.join(differ)}; "
+                            "saved again from the registry")
+    return VerifyReport(problems, repaired, len(versions))

@@ -1,4 +1,9 @@
-"""A fix to BentoML 1.4.39's per-request timeout, applied when the service module is imported.
+"""Fixes to BentoML 1.4.39, applied when the service module is imported.
+
+1. The per-request timeout (below).
+2. The OpenAPI document leaves every API's request body optional, though an API with a required field
+   (/predict's `records`, /feedback's `labels`) answers 400 without one; clients generated from the
+   document, and schemathesis's conformance checks, are told the truth: `requestBody.required: true`.
 
 `TimeoutMiddleware` schedules `loop.call_later(timeout, ...)` for every request and never cancels it, so
 each finished request stays referenced (its future and a copy of its context, OpenTelemetry span
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from _bentoml_sdk.method import APIMethod
 from bentoml._internal.server.http import traffic
 from starlette.responses import JSONResponse
 
@@ -43,5 +49,25 @@ async def _call(self: traffic.TimeoutMiddleware, scope: dict[str, Any], receive:
         timer.cancel()
 
 
+_ORIGINAL_OPENAPI_REQUEST = APIMethod.openapi_request
+
+
+def _request_with_required_body(original: Any) -> Any:
+    def openapi_request(self: Any) -> dict[str, Any]:
+        spec = original(self)
+        if any(field.is_required() for field in self.input_spec.model_fields.values()):
+            spec["required"] = True
+        return spec
+
+    return openapi_request
+
+
+def body_marked_required_upstream() -> bool:
+    """Whether BentoML itself marks a required request body (the fix is then no longer needed)."""
+    return "required" in _ORIGINAL_OPENAPI_REQUEST.__code__.co_names or "required" in _ORIGINAL_OPENAPI_REQUEST.__code__.co_consts
+
+
 def apply() -> None:
     traffic.TimeoutMiddleware.__call__ = _call  # type: ignore[method-assign]
+    if APIMethod.openapi_request is _ORIGINAL_OPENAPI_REQUEST:
+        APIMethod.openapi_request = _request_with_required_body(_ORIGINAL_OPENAPI_REQUEST)  # type: ignore[method-assign]

@@ -16,7 +16,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from loopline.request_model import describe_errors, error_body
+from loopline.request_model import MAX_REQUEST_ID_LENGTH, describe_errors, error_body, valid_request_id
+
+log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -49,16 +51,21 @@ class RequestGuard:
                                    [(b"www-authenticate", b"Bearer")])
         if scope["method"] == "POST" and not _is_json(headers.get(b"content-type")):
             return await send_json(send, 415, {"error": "the body must be JSON: send 'Content-Type: application/json'"})
+        request_id = headers.get(b"x-request-id")
+        if request_id is not None and not valid_request_id(request_id):
+            return await send_json(send, 400, {"error": f"invalid request: header X-Request-ID: at most "
+                                                        f"{MAX_REQUEST_ID_LENGTH} printable ASCII characters "
+                                                        f"(got {len(request_id)} bytes)"})
         declared = headers.get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit() or int(declared) > self.max_body_bytes:
-                return await self._too_large(send)
-            return await self.app(scope, receive, reword_client_errors(send))
-        # No declared length (chunked): read up to the limit, then hand the body on.
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            return await self._too_large(send)
+        # The body is read here, up to the limit, and handed on whole: a client that goes away mid-body is
+        # one INFO line, not an error from the framework's body reader.
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
+                log.info("%s %s: the client disconnected before sending the whole body", scope["method"], scope["path"])
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])

@@ -151,3 +151,16 @@ def _repeated(values: list[str], counts: list[int]) -> pd.Categorical:
     """One value per request repeated for its records, dictionary-encoded (cheap to build and to store)."""
     codes, uniques = pd.factorize(np.array(values, dtype=object))
     return pd.Categorical.from_codes(np.repeat(codes, counts), categories=uniques)
+
+
+def logged_request_ids(directory: Path, wanted: set[str]) -> set[str]:
+    """Which of `wanted` request ids the request log under `directory` holds (written windows only)."""
+    files = sorted(Path(directory).glob("date=*/part-*.parquet")) if Path(directory).is_dir() else []
+    if not files or not wanted:
+        return set()
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    table = ds.dataset([str(f) for f in files], format="parquet").to_table(
+        columns=["request_id"], filter=pc.field("request_id").isin(sorted(wanted)))
+    return {str(v) for v in pc.unique(table.column("request_id").cast("string")).to_pylist()}

@@ -13,7 +13,9 @@ import gc
 import json
 import logging
 import os
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,15 +31,17 @@ from starlette.responses import Response
 
 from loopline.features import RecordEncoder, decode_predictions
 from loopline.paths import ProjectPaths, project_root
-from loopline.registry import BENTO_MODEL_NAME, Registry
+from loopline.registry import BENTO_MODEL_NAME, Registry, RegistryError, verify_model_file
 from loopline.request_model import label_model, record_model, response_model
 from loopline.runtime import onnx_session, reproduces_golden, run_encoded
 from loopline.schema import FeatureSchema, schema_from_dict
 from serving import bentoml_fixes
 from serving.guards import RequestGuard, quiet_validation_errors
-from serving.request_log import ParquetWindows, RequestLog
+from serving.request_log import ParquetWindows, RequestLog, logged_request_ids
 
 log = logging.getLogger(__name__)
+# BentoML shows its own loggers' INFO lines only; the service's (model swaps, clients gone mid-body) too.
+logging.getLogger("serving").setLevel(logging.INFO)
 
 
 def production_model_tag() -> str:
@@ -67,15 +71,20 @@ class Served:
 
 
 def load_served(tag: str) -> Served:
-    """Load a model from BentoML's store and check it: it runs, and reproduces its golden batch."""
+    """Load a model from BentoML's store and check it: its file is the one its version is named after
+    (SHA-256), it runs, and it reproduces its golden batch."""
     model = bentoml.models.get(tag)
+    record = Path(model.path_of("version.json"))  # the registry's lineage record, packaged on promotion
+    info = json.loads(record.read_text()) if record.is_file() else dict(model.info.metadata)
+    try:
+        verify_model_file(Path(model.path_of("model.onnx")), str(model.tag.version), info.get("sha256"))
+    except RegistryError as exc:
+        raise RegistryError(f"{exc}; `loopline verify` repairs BentoML's store from the registry") from None
     schema_file = Path(model.path_of("schema.json"))
     schema = schema_from_dict(json.loads(schema_file.read_text()), source=str(schema_file))
     session = onnx_session(model.path_of("model.onnx"), threads=ORT_THREADS)
     if reproduces_golden(session, Path(model.path), schema) is False:
         raise ValueError(f"{tag}: predictions on its golden batch differ from the recorded ones")
-    record = Path(model.path_of("version.json"))  # the registry's lineage record, packaged on promotion
-    info = json.loads(record.read_text()) if record.is_file() else dict(model.info.metadata)
     return Served(str(model.tag.version), session, schema, info, RecordEncoder(schema))
 
 
@@ -85,11 +94,16 @@ def same_inputs(a: FeatureSchema, b: FeatureSchema) -> bool:
 
 
 class ProductionWatcher(threading.Thread):
-    """Polls the registry's production pointer and hands each new version to `on_change`."""
+    """Polls the registry's production pointer and hands each new version to `on_change`, which says
+    whether it now serves it. A version that failed is tried again every `retry_seconds` (a store copy
+    repaired by `loopline verify` is picked up without a restart)."""
 
-    def __init__(self, registry: Registry, current: str, on_change: Callable[[str], None], poll_seconds: float) -> None:
+    def __init__(self, registry: Registry, current: str, on_change: Callable[[str], bool], poll_seconds: float,
+                 retry_seconds: float = 30.0) -> None:
         super().__init__(name="loopline-production-watcher", daemon=True)
         self.registry, self.seen, self.on_change, self.poll_seconds = registry, current, on_change, poll_seconds
+        self.retry_seconds = retry_seconds
+        self.failed_at: float | None = None
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -99,9 +113,25 @@ class ProductionWatcher(threading.Thread):
             except Exception:  # a pointer being replaced or unreadable: look again at the next poll
                 log.warning("production pointer unreadable; looking again in %.1f s", self.poll_seconds, exc_info=True)
                 continue
-            if version and version != self.seen:
+            retry = self.failed_at is not None and time.monotonic() - self.failed_at >= self.retry_seconds
+            if version and (version != self.seen or retry):
                 self.seen = version
-                self.on_change(version)
+                self.failed_at = None if self.on_change(version) else time.monotonic()
+
+
+class RecentIds:
+    """The request ids this worker logged lately (bounded): /feedback checks them before the files."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit, self.ids = limit, dict[str, None]()
+
+    def add(self, request_id: str) -> None:
+        self.ids[request_id] = None
+        if len(self.ids) > self.limit:
+            del self.ids[next(iter(self.ids))]
+
+    def found(self, wanted: set[str]) -> set[str]:
+        return {i for i in wanted if i in self.ids}
 
 
 MAX_RECORDS = int(os.environ.get("LOOPLINE_MAX_RECORDS", "1024"))
@@ -111,7 +141,12 @@ ORT_THREADS = int(os.environ.get("LOOPLINE_ORT_THREADS", "0")) or max(1, (os.cpu
 ACCESS_LOG = os.environ.get("LOOPLINE_ACCESS_LOG", "0").lower() in ("1", "true", "yes", "on")
 MAX_BODY_BYTES = int(os.environ.get("LOOPLINE_MAX_BODY_BYTES", str(4 * 2**20)))
 MODEL_TAG = production_model_tag()
-FIRST = load_served(MODEL_TAG)
+try:
+    FIRST = load_served(MODEL_TAG)
+except RegistryError as exc:  # a tampered or corrupted file: one line, no traceback, nothing served
+    log.critical("not serving %s: %s", MODEL_TAG, exc)
+    sys.stderr.write(f"loopline serve: not serving {MODEL_TAG}: {exc}\n")
+    raise SystemExit(3) from None
 Record = record_model(FIRST.schema)  # the request body's records: types, ranges, categories, no unknown fields
 Label = label_model(FIRST.schema)  # ground truth for served records, by request id
 Prediction = response_model(FIRST.schema)  # documents the response; the body itself is serialised by orjson
@@ -141,6 +176,7 @@ class Predictor:
         paths = ProjectPaths(project_root())
         self.request_log = None if os.environ.get("LOOPLINE_REQUEST_LOG") == "off" else RequestLog(
             paths.request_log_dir, FIRST.schema, flush_seconds=float(os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
+        self.recent_ids = RecentIds()
         self.ground_truth = ParquetWindows(paths.ground_truth_dir, flush_seconds=float(
             os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
         registry = Registry.for_project(project_root())
@@ -152,7 +188,7 @@ class Predictor:
         gc.collect()
         gc.freeze()
 
-    def swap_to(self, version: str) -> None:
+    def swap_to(self, version: str) -> bool:
         """Load and check the new production model beside the one serving, then swap in one assignment;
         requests in flight finish on the model they started with. On any failure the old one stays."""
         old = self.served
@@ -163,9 +199,10 @@ class Predictor:
                                  "restart the service to serve it")
         except Exception as exc:
             log.error("still serving %s: production model %s failed to load or check: %s", old.version, version, exc)
-            return
+            return False
         self.served = new
         log.info("now serving %s (was %s)", new.version, old.version)
+        return True
 
     @bentoml.api
     async def predict(
@@ -181,6 +218,7 @@ class Predictor:
         outputs = run_encoded(served.session, features)
         if self.request_log is not None:
             self.request_log.record(request_id, served.version, features, outputs)
+            self.recent_ids.add(request_id)
         body = {"model_version": served.version, "request_id": request_id,
                 **decode_predictions(outputs, served.schema)}
         return Response(orjson.dumps(body), media_type="application/json")  # type: ignore[return-value]
@@ -194,7 +232,15 @@ class Predictor:
         frame = pd.DataFrame([label.model_dump() for label in labels]).rename(columns={"value": target})
         frame["received_at"] = pd.Timestamp.now(tz="UTC")
         self.ground_truth.put(frame)
-        return {"accepted": len(frame)}
+        # Kept either way (another worker's records may not be written yet), but never silently: the
+        # answer names the ids the request log does not hold; the harvest quarantines labels still unmatched.
+        unmatched = set(frame["request_id"]) - self.recent_ids.found(set(frame["request_id"]))
+        if unmatched and self.request_log is not None:
+            unmatched -= logged_request_ids(self.request_log.directory, unmatched)
+        if unmatched:
+            log.warning("/feedback: %d label(s) name request ids not in the request log: %s",
+                        int(frame["request_id"].isin(unmatched).sum()), sorted(unmatched)[:5])
+        return {"accepted": len(frame), "unmatched_request_ids": sorted(unmatched)}
 
     @bentoml.on_shutdown
     def shut_down(self) -> None:

@@ -43,7 +43,7 @@ def test_dvc_repro_evaluates_on_the_whole_test_split_and_exports_a_model_equal_t
     model = onnx.load(str(proj.path("artifacts/onnx/model.onnx")))
     onnx.checker.check_model(model, full_check=True)
     assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim][0] == "batch"
-    assert sorted(p.name for p in proj.path("artifacts/onnx").iterdir()) == ["golden.json", "model.onnx"]
+    assert sorted(p.name for p in proj.path("artifacts/onnx").iterdir()) == ["golden.json", "golden_expected.json", "model.onnx"]
     # No stack traces or paths inside: the same model gives the same bytes (and version) in any checkout.
     data = proj.path("artifacts/onnx/model.onnx").read_bytes()
     assert str(proj.root).encode() not in data and b"network.py" not in data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +20,12 @@ from loopline.registry import Registry
 from loopline.runtime import read_golden
 
 KEY = {"authorization": "Bearer s3cret"}
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 MAX_RECORDS = 50
 
 
@@ -48,10 +55,39 @@ def test_predict_answers_with_the_production_version_and_echoes_the_request_id(b
     assert status == 200 and len(body["request_id"]) == 32 and headers["x-request-id"] == body["request_id"]
 
 
+def test_a_request_id_that_feedback_could_never_name_is_refused(bike) -> None:
+    server, _, records, _, _ = bike
+    status, body, _ = server.post("/predict", {"records": records[:1]}, {**KEY, "x-request-id": "r" * 201})
+    assert status == 400 and "X-Request-ID: at most 200 printable ASCII characters" in body["error"]
+    status, body, _ = server.post("/predict", {"records": records[:1]}, {**KEY, "x-request-id": "r" * 200})
+    assert status == 200 and body["request_id"] == "r" * 200
+
+
+def test_a_client_that_disconnects_mid_body_is_one_info_line(bike) -> None:
+    import socket
+
+    server, _, _, _, logs = bike
+    host, port = server.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"records\": [")
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while "disconnected before sending the whole body" not in (logs / "server.log").read_text():
+        assert time.monotonic() < deadline, (logs / "server.log").read_text()[-2000:]
+        time.sleep(0.2)
+    text = (logs / "server.log").read_text()
+    assert "Traceback" not in text and "ClientDisconnect" not in text
+
+
 def test_metadata_names_the_version_the_providers_in_use_the_lineage_and_the_schema(bike) -> None:
     server, first, *_ = bike
     status, info, _ = server.get("/metadata", KEY)
-    assert status == 200 and info["model_version"] == first and info["providers"] == ["CPUExecutionProvider"]
+    assert status == 200 and info["model_version"] == first
+    # The providers really in use: CUDA first where a usable GPU is present, the CPU always last.
+    expected = (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in ort.get_available_providers()
+                and torch_cuda_available() else []) + ["CPUExecutionProvider"]
+    assert info["providers"] == expected
     assert info["model"]["sha256"].startswith(first) and info["model"]["gate"]["passed"] is True
     assert info["model"]["metrics"]["model"]["mae"] > 0 and info["schema"]["target"] == "cnt"
 
@@ -143,7 +179,11 @@ def test_the_request_log_holds_each_served_record_and_ground_truth_joins_it(bike
     assert status == 200
     truth = rows["cnt"].tolist()
     labels = [{"request_id": "req-logged", "record": i, "value": int(v)} for i, v in enumerate(truth)]
-    assert server.post("/feedback", {"labels": labels}, KEY)[:2] == (200, {"accepted": 5})
+    assert server.post("/feedback", {"labels": labels}, KEY)[:2] == (200, {"accepted": 5, "unmatched_request_ids": []})
+    # A label for a request the log does not hold is kept, but the answer (and the log) say so.
+    stray = [{"request_id": "never-served", "record": 0, "value": 3}]
+    assert server.post("/feedback", {"labels": stray}, KEY)[:2] == (
+        200, {"accepted": 1, "unmatched_request_ids": ["never-served"]})
     status, answer, _ = server.post("/feedback", {"labels": [{"request_id": "req-logged", "value": "many"}]}, KEY)
     assert status == 400 and answer["problems"][0]["field"] == "labels[0].value"
 
@@ -163,7 +203,7 @@ def test_the_request_log_holds_each_served_record_and_ground_truth_joins_it(bike
         assert mine[column].tolist() == pytest.approx([r[column] for r in records], rel=1e-6)
     assert mine["season"].astype(str).tolist() == [r["season"] for r in records]
     assert not list(logs.rglob(".*.tmp"))
-    joined = mine.astype({"request_id": str}).merge(labelled, on=["request_id", "record"])
+    joined = mine.astype({"request_id": str}).merge(labelled.astype({"request_id": str}), on=["request_id", "record"])
     assert len(joined) == 5 and joined["cnt"].tolist() == pytest.approx(truth)
     # Only accepted requests reach the log: every logged request id answered 200.
     assert set(logged["request_id"].astype(str)) >= {"req-1", "req-logged"}
@@ -281,3 +321,71 @@ def test_a_promotion_under_load_swaps_the_model_without_a_failed_request(built) 
     assert versions_since(swapped) == {second}
     assert versions_since(broken_at + 1.0) == {second}
     assert f"still serving {second}: production model {'0' * 16} failed to load or check" in log.read_text()
+
+
+# ------------------------------------------------------------------------------------ tampering
+def flip_a_byte_in_an_embedding_row(model_file: Path) -> None:
+    """One bit pattern changed inside a categorical feature's embedding weights, the file still valid ONNX."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(model_file))
+    table = next(t for t in proto.graph.initializer if "emb" in t.name.lower() and len(t.dims) == 2)
+    weights = numpy_helper.to_array(table)
+    data = bytearray(model_file.read_bytes())
+    at = bytes(data).find(weights.tobytes())
+    assert at > 0, "embedding weights not found as raw bytes"
+    data[at + weights.itemsize * weights.shape[1] + 2] ^= 0x40  # second row, first value's exponent bits
+    model_file.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_an_embedding_row_is_refused_at_start_at_swap_and_at_promotion(built) -> None:
+    project = reset_registry(built)
+    _, first, second, _ = built
+    store = project.path(".state/bentoml/models/loopline")
+    project.loopline("promote", second, "--force", "--reason", "puts a copy of second in the store")
+    project.loopline("promote", first, "--force", "--reason", "first serves")
+
+    # At start: one line naming the file and both hashes; nothing served.
+    flip_a_byte_in_an_embedding_row(store / first / "model.onnx")
+    log = project.root / "tampered-start.log"
+    server = Server(project, {"LOOPLINE_REQUEST_LOG": "off"}, log)
+    try:
+        assert server.process.wait(timeout=120) != 0
+    finally:
+        server.stop()
+    lines = [line for line in log.read_text().splitlines() if "does not match version" in line]
+    assert lines and f"models/loopline/{first}/model.onnx: SHA-256 " in lines[-1] and f"version {first}" in lines[-1]
+    assert "Traceback" not in log.read_text()
+
+    # `loopline verify` repairs the store from the registry, and the service starts.
+    out = project.loopline("verify")
+    assert f"repaired loopline:{first}: store copy differed in model.onnx" in out.stdout, out.stdout
+    assert "registry, pointer and store agree" in out.stdout
+    assert "repaired" not in project.loopline("verify").stdout
+
+    record = feature_records(project, first, 1)[0]
+    with serving(project, log=project.root / "tampered-swap.log", LOOPLINE_REQUEST_LOG="off",
+                 LOOPLINE_SWAP_POLL_SECONDS="0.3") as server:
+        # At swap: the service keeps the model it serves when the new one's store copy was altered.
+        flip_a_byte_in_an_embedding_row(store / second / "model.onnx")
+        registry = Registry(project.root / "registry")
+        with registry.locked():  # the pointer moves without `loopline promote`, which would repair the copy
+            registry.set_production(second, {"event": "promoted", "reason": "test: a tampered store copy"})
+        time.sleep(2.0)
+        status, body, _ = server.post("/predict", {"records": record})
+        assert status == 200 and body["model_version"] == first
+        swap_log = (project.root / "tampered-swap.log").read_text()
+        assert f"still serving {first}: production model {second} failed to load or check" in swap_log
+        assert "does not match version" in swap_log
+
+        # At promotion: the altered store copy is saved again from the registry's bytes, and served.
+        with registry.locked():
+            registry.rollback("test: back to first")
+        project.loopline("promote", second, "--force", "--reason", "promoted properly")
+        stored = (store / second / "model.onnx").read_bytes()
+        assert stored == project.path(f"registry/versions/{second}/model.onnx").read_bytes()
+        deadline = time.monotonic() + 30
+        while server.post("/predict", {"records": record})[1]["model_version"] != second:
+            assert time.monotonic() < deadline, "the repaired model was never served"
+            time.sleep(0.3)
