@@ -28,7 +28,7 @@ from loopline.schema import FeatureSchema, schema_from_dict
 from models.checks import CheckResult, RecipeCheckError, raise_on_failures, run_recipe_checks
 from models.inference import MODEL_FILES, predict
 from models.lr_finder import LRRangeResult, lr_range_test, plot_lr_range
-from models.metrics import task_metrics
+from loopline.metrics import task_metrics
 from models.network import EnsembleNet, TabularNet, build_spec, choose_target_transform
 from models.trainer import (Batch, TrainResult, make_batch, resolve_device, resolve_precision, seed_everything,
                             train_model)
@@ -115,17 +115,48 @@ def fit(data: PreparedSplits, params: Params, *, run_checks: bool = True, find_l
     seed_everything(params.seed, cfg.deterministic)
     train, val = data.batch("train"), data.batch("val")
     model = build_model(data, params)
-    checks: list[CheckResult] = []
-    if run_checks:
-        checks = run_recipe_checks(model, train, val, cfg, params.seed)
-        raise_on_failures(checks)
-    lr_range = lr_range_test(model, train, cfg, params.seed) if find_lr or cfg.lr == "auto" else None
+    done = completed_preamble(checkpoint, fingerprint)
+    if done is not None:  # a resumed run: the checks and the LR range test finished before the interruption
+        checks, lr_range = done
+        log.info("resuming: recipe checks and LR range test completed before the interruption; not run again")
+    else:
+        checks = []
+        if run_checks:
+            checks = run_recipe_checks(model, train, val, cfg, params.seed)
+            raise_on_failures(checks)
+        lr_range = lr_range_test(model, train, cfg, params.seed) if find_lr or cfg.lr == "auto" else None
+        if checkpoint is not None and rank == 0:
+            save_preamble(checkpoint, fingerprint, checks, lr_range)
     lr = lr_range.suggested_lr if cfg.lr == "auto" else float(cfg.lr)
     device = resolve_device(cfg.device)
     torch.manual_seed(params.seed + 1)  # training's own random stream, whichever checks ran before
     result = train_model(model, train, val, cfg, seed=params.seed, lr=lr, device=device, checkpoint=checkpoint,
                          fingerprint=fingerprint, rank=rank, world=world, on_epoch=on_epoch)
+    if checkpoint is not None and rank == 0:
+        preamble_file(checkpoint).unlink(missing_ok=True)  # the run finished: a new one checks afresh
     return Fitted(model, result, lr, lr_range, checks)
+
+
+# A run's preamble (recipe checks, LR range test) is recorded beside its checkpoint as soon as it
+# completes, so that a run resumed after an interruption does not repeat it.
+def preamble_file(checkpoint: Path) -> Path:
+    return checkpoint.with_name(f"{checkpoint.stem}.preamble.json")
+
+
+def save_preamble(checkpoint: Path, fingerprint: str, checks: list[CheckResult], lr_range: LRRangeResult | None) -> None:
+    write_json(preamble_file(checkpoint), {"fingerprint": fingerprint, "checks": [c.to_dict() for c in checks],
+                                           "lr_range": lr_range.to_dict() if lr_range else None})
+
+
+def completed_preamble(checkpoint: Path | None, fingerprint: str) -> tuple[list[CheckResult], LRRangeResult | None] | None:
+    """The checks and LR range test an interrupted run of the same settings and data completed."""
+    if checkpoint is None or not preamble_file(checkpoint).is_file():
+        return None
+    record = json.loads(preamble_file(checkpoint).read_text())
+    if record.get("fingerprint") != fingerprint:
+        return None
+    lr_range = LRRangeResult(**record["lr_range"]) if record["lr_range"] else None
+    return [CheckResult(**c) for c in record["checks"]], lr_range
 
 
 def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:

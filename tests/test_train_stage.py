@@ -68,10 +68,17 @@ def test_a_run_killed_with_sigkill_resumes_to_the_weights_of_an_uninterrupted_ru
     saved = torch.load(checkpoint, weights_only=True)
     assert not saved["finished"] and saved["steps"] < 4 * 48
 
-    train(prepared)
+    uninterrupted_lr_range = prepared.path("reports/train/lr_range.json").read_text()
+    resumed = prepared.run(sys.executable, "-m", "models.train")
     record = training_record(prepared)
     assert record["resumed_from"] is not None and record["resumed_from"]["step"] == saved["steps"]
     assert_same_weights(weights(prepared), uninterrupted)
+    # The recipe checks and the LR range test had completed before the kill: they are not run again,
+    # and their recorded results go with the model.
+    assert "recipe checks and LR range test completed before the interruption; not run again" in resumed.output
+    assert prepared.path("reports/train/lr_range.json").read_text() == uninterrupted_lr_range
+    assert {c["name"] for c in record["checks"]} >= {"loss_at_init", "overfit_one_batch", "gradients"}
+    assert not prepared.path(".state/checkpoints/train.preamble.json").exists()
     # The experiment log covers the whole run, the epochs before the kill included.
     logged = prepared.path("dvclive/plots/metrics/val/loss.tsv").read_text().strip().splitlines()[1:]
     assert len(logged) == len(record["history"]) == SHORT_RUN["epochs"]
