@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS ?= 1
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.state/dvc-site-cache
 export MPLBACKEND ?= Agg
 
-.PHONY: venv demo pipeline repro serve tune cv test test-all bench-deps lock clean-state
+.PHONY: venv demo pipeline repro serve tune cv test test-fast bench-deps lock clean-state
 
 venv: $(STAMP)
 
@@ -57,13 +57,13 @@ PORT ?= 3000
 serve: venv
 	$(BIN)/bentoml serve serving.service:Predictor --host 127.0.0.1 --port $(PORT)
 
-## The fast suite plus the DVC integration tests (what CI runs).
+## Every test: the fast ones and the integration tests with real DVC, Prefect, BentoML and SMTP (what CI runs).
 test: venv
 	$(BIN)/python -m pytest
 
-## Everything, including tests marked slow.
-test-all: venv
-	$(BIN)/python -m pytest -m "slow or not slow"
+## The tests that start no real tool (no DVC project, server or training run), for working: under a minute.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not integration"
 
 ## Packages the benchmarks compare against (PyTorch Lightning); not needed otherwise.
 bench-deps: venv

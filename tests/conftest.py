@@ -27,6 +27,18 @@ from loopline import paths
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = [*paths.PROJECT_FILES, ".gitignore"]  # a git repository besides
 
+# Tests that start real tools (a DVC project, `bentoml serve`, Prefect, the training stage): marked
+# `integration`, so that `make test-fast` (-m "not integration") runs the rest in well under a minute.
+REAL_PROJECT_FIXTURES = {"project", "built", "prepared", "sensor_project", "loop_project", "penguins", "acs"}
+INTEGRATION_MODULES = {"test_serving", "test_loop", "test_tuning", "test_pipeline_dvc", "test_train_stage"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__ if item.module else ""
+        if module in INTEGRATION_MODULES or REAL_PROJECT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @dataclass
 class CommandResult:

@@ -81,6 +81,15 @@ def test_no_drift_no_alert_then_one_drift_one_alert_one_retraining_and_a_worse_c
     project = loop_project
     before = production(project)
     params = project.path("params.yaml").read_text()
+    try:
+        heatwave_with_a_broken_training_configuration(project, before)
+    finally:
+        project.path("params.yaml").write_text(params)  # the training configuration repaired, pass or fail
+    assert list(project.root.glob("reports/monitoring/*/drift.html"))
+    assert list(project.root.glob(".state/evidently/*"))
+
+
+def heatwave_with_a_broken_training_configuration(project: Project, before: str) -> None:
     with serving(project, LOOPLINE_REQUEST_LOG_FLUSH_SECONDS="0.2") as server:
         calm = monitor(project, send(server, traffic(project, drift=False)))
         assert calm["verdict"] == "ok" and not calm["alerted"] and "training" not in calm
@@ -103,9 +112,6 @@ def test_no_drift_no_alert_then_one_drift_one_alert_one_retraining_and_a_worse_c
         again = monitor(project, send(server, traffic(project, drift=True)))
         assert "drift" in again["verdict"] and not again["alerted"] and "training" not in again
         assert len(emails(project)) == 2
-    project.path("params.yaml").write_text(params)  # the training configuration repaired
-    assert list(project.root.glob("reports/monitoring/*/drift.html"))
-    assert list(project.root.glob(".state/evidently/*"))
 
 
 def prefect(bin_dir: Path, env: dict[str, str], project: Project, *args: str) -> set[str]:
@@ -113,6 +119,13 @@ def prefect(bin_dir: Path, env: dict[str, str], project: Project, *args: str) ->
     out = subprocess.run([str(bin_dir / "prefect"), *args], cwd=project.root, env={**env, "COLUMNS": "250"},
                          capture_output=True, text=True).stdout
     return set(out.replace("│", " ").split())
+
+
+def api_post(api: str, path: str, body: dict) -> list[dict]:
+    request = urllib.request.Request(api + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def free_port() -> int:
@@ -167,9 +180,12 @@ def test_the_loop_through_a_prefect_server_retrains_via_the_deployment_and_the_s
             while server.get("/metadata")[1]["model_version"] != after and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert server.post("/predict", {"records": traffic(project, drift=False, rows=2)})[1]["model_version"] == after
-        runs = subprocess.run([str(bin_dir / "prefect"), "flow-run", "ls"], cwd=project.root,
-                              env={**env, "COLUMNS": "250"}, capture_output=True, text=True).stdout
-        assert "training" in runs and "monitoring" in runs and "COMPLETED" in runs
+        # Training ran as a run of the training deployment (not as a subflow of the monitoring run).
+        [deployment] = api_post(api, "/deployments/filter", {"deployments": {"name": {"any_": ["training"]}}})
+        training_runs = api_post(api, "/flow_runs/filter", {"flows": {"name": {"any_": ["training"]}}})
+        assert [(r["deployment_id"], r["state_type"]) for r in training_runs] == [(deployment["id"], "COMPLETED")]
+        [monitoring_run] = api_post(api, "/flow_runs/filter", {"flows": {"name": {"any_": ["monitoring"]}}})
+        assert monitoring_run["state_type"] == "COMPLETED"
         newest = project.read_parquet("data/raw/snapshot.parquet")["timestamp"].max()
         assert pd.Timestamp(newest) >= pd.Timestamp("2012-06-30")  # retrained on the newer data
         [alert] = emails(project)[mails_before:]

@@ -164,3 +164,82 @@ def test_one_alert_per_incident_within_the_cooldown(tmp_path) -> None:
     assert not incidents.claim("drift", T0 + timedelta(hours=5), day)
     assert incidents.claim("degradation", T0 + timedelta(hours=5), day)  # another kind of incident
     assert incidents.claim("drift", T0 + timedelta(hours=25), day)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (the SMTP server's), made with openssl."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_alerts_go_out_over_starttls_and_implicit_tls_checking_the_servers_certificate(
+        tmp_path, monkeypatch, certificate, security) -> None:
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    port = free_port()
+    inbox = Inbox()
+    tls = {"tls_context": server_tls, "require_starttls": True} if security == "starttls" else {"ssl_context": server_tls}
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, **tls)
+    controller.start()
+    try:
+        smtp = SmtpSettings.from_env({"LOOPLINE_SMTP_HOST": "127.0.0.1", "LOOPLINE_SMTP_PORT": str(port),
+                                      "LOOPLINE_SMTP_SECURITY": security})
+        outbox = Outbox(tmp_path / "outbox")
+        outbox.put(compose(f"over {security}", "body", ALERTS))
+        untrusted = outbox.deliver(smtp, [0.01])  # the self-signed certificate is not trusted yet
+        assert untrusted.pending and any("CERTIFICATE_VERIFY_FAILED" in str(e) for e in untrusted.errors)
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # the operator's CA bundle, as OpenSSL reads it
+        delivered = outbox.deliver(smtp, [0.01])
+    finally:
+        controller.stop()
+    assert len(delivered.sent) == 1 and not delivered.pending
+    assert [message_from_bytes(m)["Subject"] for m in inbox.messages] == [f"[Loopline] over {security}"]
+
+
+def test_smtp_settings_come_from_a_prefect_email_block(tmp_path) -> None:
+    """A Prefect EmailServerCredentials block, saved and loaded through Prefect's embedded server, is
+    what LOOPLINE_SMTP_BLOCK names; the alert goes out through it."""
+    import os
+    import subprocess
+    import sys
+
+    from aiosmtpd.controller import Controller
+
+    port = free_port()
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    script = f"""
+from prefect_email import EmailServerCredentials
+from monitoring.alerts import Outbox, SmtpSettings, compose
+from loopline.config import AlertParams
+EmailServerCredentials(smtp_server="127.0.0.1", smtp_port={port}, smtp_type="INSECURE").save("loopline-alerts")
+smtp = SmtpSettings.from_env({{"LOOPLINE_SMTP_BLOCK": "loopline-alerts"}})
+assert (smtp.host, smtp.port, smtp.security) == ("127.0.0.1", {port}, "none"), smtp
+outbox = Outbox(__import__("pathlib").Path({str(tmp_path / "outbox")!r}))
+outbox.put(compose("through the block", "body", AlertParams(recipients=["oncall@example.test"])))
+assert len(outbox.deliver(smtp, [0.1]).sent) == 1
+"""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    try:
+        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=300)
+    finally:
+        controller.stop()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert [message_from_bytes(m)["Subject"] for m in inbox.messages] == ["[Loopline] through the block"]

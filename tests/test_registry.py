@@ -162,3 +162,18 @@ def test_bentoml_build_packages_the_production_model(project: Project, built) ->
     with tarfile.open(archive) as tar:
         packaged = tar.extractfile(f"./models/loopline/{first}/model.onnx").read()
     assert packaged == project.path(f"registry/versions/{first}/model.onnx").read_bytes()
+
+
+def test_an_export_whose_parity_fails_keeps_the_previous_export(built) -> None:
+    proj = built[0]
+    before = proj.fingerprint("artifacts/onnx", "reports/export")
+    params = proj.path("params.yaml").read_text()
+    try:
+        proj.set_params(export={"parity_atol": 1e-12, "parity_rtol": 0.0})  # tighter than float32 can hold
+        failed = proj.run(sys.executable, "-m", "models.export", check=False)
+    finally:
+        proj.path("params.yaml").write_text(params)
+    assert failed.returncode == 1
+    assert "ONNX parity failed on" in failed.stderr and "the export was not kept" in failed.stderr
+    assert "the previous outputs were left as they were" in failed.stderr
+    assert proj.fingerprint("artifacts/onnx", "reports/export") == before
