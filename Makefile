@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-data.txt
 ## The main job, end to end on the embedded defaults: the closed loop on the bike data (flows/demo.py):
 ## train, serve, replay weeks of traffic, detect drift, alert, retrain, gate, promote, hot-swap.
 demo: venv
-	$(BIN)/python -m flows.demo $(DEMO_ARGS)
+	$(BIN)/loopline demo $(DEMO_ARGS)
 
 ## The pipeline in this workspace: dvc repro, then the gate and promotion.
 pipeline: venv
@@ -45,25 +45,25 @@ repro: pipeline
 ## TUNE_ARGS, e.g. "--trials 40 --workers 2".
 tune: venv
 	$(BIN)/dvc repro prepare
-	$(BIN)/python -m models.tune $(TUNE_ARGS)
+	$(BIN)/loopline tune $(TUNE_ARGS)
 
 ## Cross-validation of the training settings (cv: in params.yaml) into reports/cv/metrics.json.
 cv: venv
 	$(BIN)/dvc repro prepare
-	$(BIN)/python -m models.crossval
+	$(BIN)/loopline cv
 
 ## The HTTP service over the production model, on 127.0.0.1:$(PORT).
 PORT ?= 3000
 serve: venv
-	$(BIN)/bentoml serve serving.service:Predictor --host 127.0.0.1 --port $(PORT)
+	$(BIN)/loopline serve --port $(PORT)
 
 ## Every test: the fast ones and the integration tests with real DVC, Prefect, BentoML and SMTP (what CI runs).
 test: venv
 	$(BIN)/python -m pytest
 
-## The tests that start no real tool (no DVC project, server or training run), for working: under a minute.
+## The unit tests (tests/unit: no DVC project, server, subprocess or training run), for working: under a minute.
 test-fast: venv
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest tests/unit
 
 ## Packages the benchmarks compare against (PyTorch Lightning); not needed otherwise.
 bench-deps: venv

@@ -131,9 +131,9 @@ def measure(contender: Contender, bodies: dict[str, Path], connections: int, sec
 def in_process_rows_per_s(model_dir: Path, records: list[dict], seconds: float) -> dict[str, float]:
     from loopline.features import RecordEncoder
     from loopline.runtime import onnx_session, run_encoded
-    from loopline.schema import schema_from_dict
+    from loopline.schema import load_schema
 
-    schema = schema_from_dict(json.loads((model_dir / "schema.json").read_text()))
+    schema = load_schema(model_dir / "schema.json")
     session, encode = onnx_session(model_dir / "model.onnx"), RecordEncoder(schema)
     encoded = encode(records)
     result = {}
@@ -163,14 +163,14 @@ def main() -> None:
 
     from loopline.paths import project_root
     from loopline.registry import Registry
-    from loopline.schema import schema_from_dict
+    from loopline.schema import load_schema
 
     registry = Registry.for_project(project_root())
     version = registry.production()
     if not version:
         sys.exit("no production model: run `make pipeline` first")
     model_dir = registry.root / "versions" / version
-    schema = schema_from_dict(json.loads((model_dir / "schema.json").read_text()))
+    schema = load_schema(model_dir / "schema.json")
     features = [c.name for c in schema.features]
     rows = pd.read_parquet(model_dir / "test.parquet")
     records = json.loads(pd.concat([rows] * (1 + 256 // len(rows))).head(256)[features].to_json(orient="records"))

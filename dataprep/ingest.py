@@ -15,7 +15,7 @@ import pandas as pd
 from dataprep import sources
 from dataprep.validate import PROVENANCE, parse_datetimes
 from loopline.atomic import StagedOutputs, write_json
-from loopline.cli import run_stage
+from loopline.stage import run_stage
 from loopline.config import Params, load_dataset_schema, load_params, schema_path
 from loopline.errors import ConfigError, DataError
 from loopline.paths import ProjectPaths

@@ -17,7 +17,7 @@ from dataprep.split import split_rows
 from dataprep.stats import apply_missing_policy, fit_missing_fills, fit_preprocessing_stats
 from dataprep.validate import PROVENANCE, ValidationResult, quarantine_invalid_rows
 from loopline.atomic import StagedOutputs, write_json
-from loopline.cli import run_stage
+from loopline.stage import run_stage
 from loopline.config import Params, load_dataset_schema, load_params
 from loopline.errors import DataError
 from loopline.paths import SPLITS, ProjectPaths

@@ -210,7 +210,7 @@ def frozen_predictions(project: Path, version: str, rows: pd.DataFrame) -> np.nd
     """The first model's predictions on the replayed rows, as if it had been left in service."""
     from loopline.registry import Registry
     from loopline.runtime import onnx_session, predict_frame
-    from models.promote import version_schema
+    from release.promote import version_schema
 
     record = Registry.for_project(project).get(version)
     return predict_frame(onnx_session(record.model), rows, version_schema(record))

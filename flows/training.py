@@ -72,7 +72,7 @@ def set_as_of(paths: ProjectPaths, as_of: str | None) -> None:
 def gate_and_promote(paths: ProjectPaths) -> dict[str, Any]:
     """Register the candidate; promote it if the gate passed. Never forces."""
     from loopline.registry import Registry
-    from models.promote import PromotionRefused, promote, register_candidate
+    from release.promote import PromotionRefused, promote, register_candidate
 
     registry = Registry.for_project(paths.root)
     version, report, _ = register_candidate(paths, registry)

@@ -169,7 +169,7 @@ class MonitorParams(_Section):
     """Fewer served records in a window: "insufficient data", no verdict."""
     min_labelled_rows: int = Field(default=50, ge=1)
     max_degradation: float = Field(default=0.2, gt=0)
-    """Degraded when the window's error (see models.gate's error measure) exceeds the reference's by this fraction."""
+    """Degraded when the window's error (see loopline.metrics.error_of) exceeds the reference's by this fraction."""
     retrain: bool = True
     drift: DriftParams = DriftParams()
     alerts: AlertParams = AlertParams()
@@ -264,7 +264,7 @@ class ThresholdLimits(_Section):
 
 
 class GateParams(_Section):
-    """The gate's rules (models.gate judges them). Margins and tolerances have no defaults: a rule the
+    """The gate's rules (release.gate judges them). Margins and tolerances have no defaults: a rule the
     gate applies is always one a person wrote down, never a silent zero."""
 
     thresholds: dict[str, ThresholdLimits] = {}

@@ -92,12 +92,19 @@ class RecordEncoder:
         return EncodedFeatures(numeric=numeric, categorical=categorical)
 
 
+def class_probabilities(out: np.ndarray) -> np.ndarray:
+    """A classifier's outputs as [rows, classes] probabilities in float64, in the schema's class order:
+    a binary model outputs P(class 1) alone, a multiclass one every class's probability."""
+    out = np.asarray(out, dtype=np.float64)
+    return np.column_stack([1 - out, out]) if out.ndim == 1 else out
+
+
 def prediction_columns(out: np.ndarray, schema: FeatureSchema) -> dict[str, np.ndarray]:
     """A model's outputs as columns: `prediction`, and for classification `proba_<class>` per class."""
     out = np.asarray(out, dtype=np.float64)
     if not schema.task.is_classification:
         return {"prediction": out.reshape(len(out))}
-    proba = np.column_stack([1 - out, out]) if out.ndim == 1 else out
+    proba = class_probabilities(out)
     classes = np.empty(len(schema.classes), dtype=object)
     classes[:] = list(schema.classes)
     columns = {"prediction": classes[proba.argmax(axis=1)]}
@@ -120,7 +127,7 @@ def decode_predictions(out: np.ndarray, schema: FeatureSchema) -> dict[str, list
     out = np.asarray(out, dtype=np.float64)
     if not schema.task.is_classification:
         return {"predictions": out.tolist()}
-    proba = np.column_stack([1 - out, out]) if out.ndim == 1 else out
+    proba = class_probabilities(out)
     classes = list(schema.classes)
     return {
         "predictions": [classes[i] for i in proba.argmax(axis=1)],

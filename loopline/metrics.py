@@ -3,7 +3,12 @@ only where a metric is computed, so settings and the gate read the names without
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pandas as pd
+
+from loopline.features import class_probabilities
 
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "pr_auc", "log_loss")
@@ -41,9 +46,7 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 def _two_columns(proba: np.ndarray) -> np.ndarray:
     """[rows, classes] probabilities in float64, each row summing to one (float32 softmax rows are off
     by a few ulps, which scikit-learn warns about)."""
-    proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim == 1:
-        return np.column_stack([1 - proba, proba])
+    proba = class_probabilities(proba)
     return proba / proba.sum(axis=1, keepdims=True)
 
 
@@ -97,3 +100,24 @@ def confusion(y: np.ndarray, proba: np.ndarray) -> list[list[int]]:
 
 def task_metrics(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return regression_metrics(y, pred) if task == "regression" else classification_metrics(y, pred)
+
+
+MISSING_SLICE = "(missing)"
+"""The slice a row with a null in the slicing column belongs to."""
+
+
+def slice_labels(frame: pd.DataFrame, column: str) -> pd.Series:
+    return frame[column].astype(object).where(frame[column].notna(), MISSING_SLICE).astype(str)
+
+
+def metrics_by_slice(frame: pd.DataFrame, y: np.ndarray, pred: np.ndarray, task: str, columns: list[str],
+                     min_rows: int) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for column in columns:
+        labels = slice_labels(frame, column).to_numpy()
+        out[column] = {}
+        for value in sorted(set(labels)):
+            mask = labels == value
+            out[column][value] = {"rows": int(mask.sum()), "judged": bool(mask.sum() >= min_rows),
+                                  **task_metrics(task, y[mask], pred[mask])}
+    return out

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from loopline.settings import Settings
+
 SPLITS = ("train", "val", "test")
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "tuned.yaml", "schemas", "loopline", "dataprep", "models", "serving", "monitoring",
-                 "flows", "tools", "bentofile.yaml", ".dvcignore", "data/external")
+MODEL_FILES = {
+    "weights": "model.pt",
+    "spec": "spec.json",
+    "schema": "schema.json",
+    "stats": "stats.json",
+    "training": "training.json",
+}
+"""The trained model's directory (artifacts/model): PyTorch weights, network spec, the frozen schema, the
+preprocessing statistics and the training record."""
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "tuned.yaml", "schemas", "loopline", "dataprep", "models", "release",
+                 "serving", "monitoring", "flows", "tools", "bentofile.yaml", ".dvcignore", "data/external")
 """What a copy of the project needs to run its pipeline, service and flows elsewhere (the demo's scratch
 project, the tests' temporary ones): the map, the knobs, the schemas, the code and the user's sources."""
 
 
 def project_root() -> Path:
     """The project root: $LOOPLINE_ROOT if set, else the working directory (DVC runs stages from there)."""
-    return Path(os.environ.get("LOOPLINE_ROOT", Path.cwd())).resolve()
+    return (Settings.from_env().root or Path.cwd()).resolve()
 
 
 @dataclass(frozen=True)
@@ -204,12 +214,13 @@ class ProjectPaths:
     @property
     def request_log_dir(self) -> Path:
         """Every served record (serving/request_log.py); $LOOPLINE_REQUEST_LOG moves it."""
-        return Path(os.environ.get("LOOPLINE_REQUEST_LOG") or self.root / "data" / "requests")
+        where = Settings.from_env().request_log
+        return Path(where) if where and where != "off" else self.root / "data" / "requests"
 
     @property
     def ground_truth_dir(self) -> Path:
         """Labels posted to /feedback; $LOOPLINE_GROUND_TRUTH moves it."""
-        return Path(os.environ.get("LOOPLINE_GROUND_TRUTH") or self.root / "data" / "ground_truth")
+        return Settings.from_env().ground_truth or self.root / "data" / "ground_truth"
 
     @property
     def monitoring_dir(self) -> Path:

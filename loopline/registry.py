@@ -33,13 +33,28 @@ from typing import Any
 
 from loopline.atomic import file_lock
 from loopline.errors import LooplineError
+from loopline.settings import Settings
 
 VERSION_DIGITS = 16
 BENTO_MODEL_NAME = "loopline"
 """A promoted version is saved to BentoML's model store as loopline:<version>."""
+
+# A version's files: every name once, here.
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "version.json"
 CARD_FILE = "card.md"
+SCHEMA_FILE = "schema.json"
+"""The feature schema the model was trained with, learned fills included."""
+GOLDEN_FILE = "golden.json"
+"""Rows the exported model must reproduce (see models.export)."""
+EXPECTED_FILE = "golden_expected.json"
+"""The trained model's predictions on them, with the tolerance: {"predictions", "atol", "rtol"}."""
+TEST_ROWS_FILE = "test.parquet"
+"""The test split it was judged on, so that it can be judged again against a later champion."""
+REFERENCE_FILE = "reference.parquet"
+"""The training split it learned from: monitoring's reference for drift."""
+STORE_FILES = (MODEL_FILE, SCHEMA_FILE, CARD_FILE, METADATA_FILE, GOLDEN_FILE, EXPECTED_FILE)
+"""What a version takes into BentoML's model store: what serving loads and checks."""
 
 
 class RegistryError(LooplineError):
@@ -94,7 +109,7 @@ class Registry:
 
     @classmethod
     def for_project(cls, project_root: Path) -> "Registry":
-        return cls(Path(os.environ.get("LOOPLINE_REGISTRY", project_root / "registry")))
+        return cls(Settings.from_env().registry or Path(project_root) / "registry")
 
     # ------------------------------------------------------------------------------------ versions
     def register(self, onnx_file: Path, files: dict[str, Path], metadata: dict[str, Any], card: str) -> tuple[Version, bool]:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from loopline.features import EncodedFeatures, encode_features
+from loopline.registry import EXPECTED_FILE, GOLDEN_FILE
 from loopline.schema import FeatureSchema
 
 
@@ -31,12 +32,6 @@ def onnx_session(path: str | Path, device: str = "auto", threads: int | None = N
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
-
-
-GOLDEN_FILE = "golden.json"
-"""Rows an exported model must reproduce (see models.export), kept beside it in the registry and BentoML's store."""
-EXPECTED_FILE = "golden_expected.json"
-"""The trained model's predictions on them, with the tolerance: {"predictions", "atol", "rtol"}."""
 
 
 def predict_frame(session: Any, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:

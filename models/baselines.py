@@ -5,7 +5,6 @@ with the same metrics as the network, so its figures always stand next to what i
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from loopline.atomic import StagedOutputs, write_json
-from loopline.cli import run_stage
+from loopline.stage import run_stage
 from loopline.config import load_params
 from loopline.features import encode_features, encode_target
 from loopline.paths import ProjectPaths
-from loopline.schema import FeatureSchema, schema_from_dict
+from loopline.schema import FeatureSchema, load_schema
 from loopline.metrics import task_metrics
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ def load_baselines(path: Path) -> dict[str, FittedBaseline]:
 def run_baselines(paths: ProjectPaths | None = None) -> dict:
     paths = paths or ProjectPaths.here()
     params = load_params(paths.params)
-    schema = schema_from_dict(json.loads(paths.prepared_schema.read_text()), source=str(paths.prepared_schema))
+    schema = load_schema(paths.prepared_schema)
     splits = {name: pd.read_parquet(paths.split(name)) for name in ("train", "val", "test")}
     fitted = fit_baselines(splits["train"], schema, params.seed)
     scores = score_baselines(fitted, splits, schema)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from dataprep.stats import fit_preprocessing_stats
 from loopline.atomic import StagedOutputs, write_json
-from loopline.cli import run_stage
+from loopline.stage import run_stage
 from loopline.config import Params, load_params, load_tuned, training_runs
 from loopline.errors import ConfigError, DataError
 from loopline.features import encode_target
@@ -170,7 +170,13 @@ def run_crossval(paths: ProjectPaths | None = None) -> CVReport:
     return report
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="loopline cv", description="Cross-validation of the training settings over the training and validation "
+        "rows (cv: in params.yaml; tune.cross_validate scores trials with it). Writes reports/cv/metrics.json.",
+    ).parse_args(argv)
     return run_stage("crossval", run_crossval)
 
 

@@ -20,18 +20,17 @@ import numpy as np
 import pandas as pd
 
 from loopline.atomic import StagedOutputs, write_json
-from loopline.cli import run_stage
+from loopline.stage import run_stage
 from loopline.config import EvaluateParams, load_params
 from loopline.errors import ConfigError
-from loopline.features import encode_target
+from loopline.features import class_probabilities, encode_target
 from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema
 from models.baselines import load_baselines
 from models.inference import load_model, predict
-from loopline.metrics import confusion, per_class_metrics, task_metrics
+from loopline.metrics import confusion, metrics_by_slice, per_class_metrics, task_metrics
 
 log = logging.getLogger(__name__)
-MISSING_SLICE = "(missing)"
 
 
 def slice_columns(schema: FeatureSchema, cfg: EvaluateParams) -> list[str]:
@@ -43,23 +42,6 @@ def slice_columns(schema: FeatureSchema, cfg: EvaluateParams) -> list[str]:
         raise ConfigError(f"params.yaml evaluate.slices: {unknown} are not feature columns of schema "
                           f"{schema.name!r}; the features are {sorted(features)}")
     return list(cfg.slices)
-
-
-def slice_labels(frame: pd.DataFrame, column: str) -> pd.Series:
-    return frame[column].astype(object).where(frame[column].notna(), MISSING_SLICE).astype(str)
-
-
-def metrics_by_slice(frame: pd.DataFrame, y: np.ndarray, pred: np.ndarray, task: str, columns: list[str],
-                     min_rows: int) -> dict[str, dict[str, dict[str, Any]]]:
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for column in columns:
-        labels = slice_labels(frame, column).to_numpy()
-        out[column] = {}
-        for value in sorted(set(labels)):
-            mask = labels == value
-            out[column][value] = {"rows": int(mask.sum()), "judged": bool(mask.sum() >= min_rows),
-                                  **task_metrics(task, y[mask], pred[mask])}
-    return out
 
 
 @dataclass
@@ -116,7 +98,7 @@ def plot_evaluation(frame: pd.DataFrame, pred: np.ndarray, schema: FeatureSchema
         return written
 
     names = [str(c) for c in schema.classes]
-    proba = np.column_stack([1 - pred, pred]) if pred.ndim == 1 else pred
+    proba = class_probabilities(pred)
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
     skm.ConfusionMatrixDisplay(np.asarray(confusion(y, pred)), display_labels=names).plot(ax=ax, colorbar=False)
     ax.set_title("Confusion matrix (test)")

@@ -28,7 +28,7 @@ import torch
 
 from loopline import runtime
 from loopline.atomic import StagedOutputs, write_json
-from loopline.cli import run_stage
+from loopline.stage import run_stage
 from loopline.config import load_params
 from loopline.errors import LooplineError
 from loopline.paths import ProjectPaths

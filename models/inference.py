@@ -10,23 +10,17 @@ import pandas as pd
 import torch
 
 from loopline.features import encode_features
-from loopline.schema import FeatureSchema, schema_from_dict
+from loopline.paths import MODEL_FILES
+from loopline.schema import FeatureSchema, load_schema
 from models.network import EnsembleNet, NetworkSpec, TabularNet
 
-MODEL_FILES = {
-    "weights": "model.pt",
-    "spec": "spec.json",
-    "schema": "schema.json",
-    "stats": "stats.json",
-    "training": "training.json",
-}
 
 
 def load_model(model_dir: Path) -> tuple[TabularNet | EnsembleNet, FeatureSchema]:
     """The model in `model_dir`: one network, or an ensemble when spec.json lists its members' specs."""
     spec = json.loads((model_dir / MODEL_FILES["spec"]).read_text())
     schema_file = model_dir / MODEL_FILES["schema"]
-    schema = schema_from_dict(json.loads(schema_file.read_text()), source=str(schema_file))
+    schema = load_schema(schema_file)
     model: TabularNet | EnsembleNet
     if "ensemble" in spec:
         model = EnsembleNet([NetworkSpec(**member) for member in spec["ensemble"]])

@@ -20,13 +20,13 @@ import torch
 import torch.distributed as dist
 
 from loopline.atomic import StagedOutputs, write_json
-from loopline.cli import run_stage
+from loopline.stage import run_stage
 from loopline.config import Params, load_params, load_tuned, training_runs
 from loopline.features import encode_features, encode_target
-from loopline.paths import ProjectPaths
-from loopline.schema import FeatureSchema, schema_from_dict
+from loopline.paths import MODEL_FILES, ProjectPaths
+from loopline.schema import FeatureSchema, load_schema
 from models.checks import CheckResult, RecipeCheckError, raise_on_failures, run_recipe_checks
-from models.inference import MODEL_FILES, predict
+from models.inference import predict
 from models.lr_finder import LRRangeResult, lr_range_test, plot_lr_range
 from loopline.metrics import task_metrics
 from models.network import EnsembleNet, TabularNet, build_spec, choose_target_transform
@@ -49,7 +49,7 @@ class PreparedSplits:
 
 
 def load_prepared(paths: ProjectPaths) -> PreparedSplits:
-    schema = schema_from_dict(json.loads(paths.prepared_schema.read_text()), source=str(paths.prepared_schema))
+    schema = load_schema(paths.prepared_schema)
     stats = json.loads(paths.preprocessing_stats.read_text())
     frames = {name: pd.read_parquet(paths.split(name)) for name in ("train", "val", "test")}
     return PreparedSplits(schema, stats, frames)

@@ -47,6 +47,7 @@ from loopline.atomic import write_json
 from loopline.config import Params, SearchDimension, TuneParams, load_params, with_overrides
 from loopline.errors import ConfigError, LooplineError
 from loopline.features import encode_target
+from loopline.settings import Settings, variable
 from loopline.paths import ProjectPaths
 from models.crossval import cross_validate
 from models.inference import predict
@@ -147,7 +148,7 @@ def current_point(base: Params, cfg: TuneParams) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------- study settings
 def storage_url(paths: ProjectPaths, cfg: TuneParams) -> str:
-    url = os.environ.get("LOOPLINE_TUNE_STORAGE") or cfg.storage
+    url = Settings.from_env().tune_storage or cfg.storage
     if url:
         return url
     paths.tune_storage.parent.mkdir(parents=True, exist_ok=True)
@@ -416,7 +417,7 @@ def run_workers(paths: ProjectPaths, workers: int, n_trials: int | None, timeout
             cmd += ["--trials", str(share)]
         if timeout_minutes is not None:
             cmd += ["--timeout-minutes", str(timeout_minutes)]
-        procs.append((i, subprocess.Popen(cmd, cwd=paths.root, env={**os.environ, "LOOPLINE_ROOT": str(paths.root)})))
+        procs.append((i, subprocess.Popen(cmd, cwd=paths.root, env={**os.environ, variable("root"): str(paths.root)})))
     failed = [i for i, proc in procs if proc.wait() != 0]
     if failed:
         raise TuningError(f"tuning worker(s) {failed} failed (see their log above); the trials they finished "
@@ -517,7 +518,7 @@ def plot_study(study: optuna.Study, out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    from loopline.cli import run_stage
+    from loopline.stage import run_stage
 
     parser = argparse.ArgumentParser(description="Hyperparameter search over params.yaml tune.space (Optuna).")
     parser.add_argument("--trials", type=int, help="trials in this run (default: tune.n_trials)")

@@ -27,6 +27,7 @@ import smtplib
 import ssl
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -34,6 +35,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 from loopline.atomic import file_lock
+from loopline.settings import Settings
 from loopline.config import AlertParams
 
 log = logging.getLogger(__name__)
@@ -49,18 +51,16 @@ class SmtpSettings:
     timeout: float = 10.0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> SmtpSettings | None:
-        env = dict(os.environ if env is None else env)
-        if env.get("LOOPLINE_SMTP_BLOCK"):
-            return cls.from_block(env["LOOPLINE_SMTP_BLOCK"])
-        if not env.get("LOOPLINE_SMTP_HOST"):
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SmtpSettings | None:
+        """The SMTP server from the environment (loopline.settings), or None: no server configured."""
+        settings = Settings.from_env(env)
+        if settings.smtp_block:
+            return cls.from_block(settings.smtp_block)
+        if not settings.smtp_host:
             return None
-        security = env.get("LOOPLINE_SMTP_SECURITY", "starttls").lower()
-        if security not in ("starttls", "ssl", "none"):
-            raise ValueError(f"LOOPLINE_SMTP_SECURITY={security!r}: expected starttls, ssl or none")
-        default_port = {"starttls": 587, "ssl": 465, "none": 25}[security]
-        return cls(env["LOOPLINE_SMTP_HOST"], int(env.get("LOOPLINE_SMTP_PORT", default_port)), security,
-                   env.get("LOOPLINE_SMTP_USER") or None, env.get("LOOPLINE_SMTP_PASSWORD") or None)
+        default_port = {"starttls": 587, "ssl": 465, "none": 25}[settings.smtp_security]
+        return cls(settings.smtp_host, settings.smtp_port or default_port, settings.smtp_security,
+                   settings.smtp_user, settings.smtp_password)
 
     @classmethod
     def from_block(cls, name: str) -> SmtpSettings:
@@ -115,7 +115,7 @@ class Outbox:
 
     @classmethod
     def for_project(cls, project_root: Path) -> Outbox:
-        return cls(Path(os.environ.get("LOOPLINE_OUTBOX") or project_root / "outbox"))
+        return cls(Settings.from_env().outbox or Path(project_root) / "outbox")
 
     def put(self, message: EmailMessage) -> Path:
         """Write the message to pending/ (atomically: a reader never sees half a file)."""

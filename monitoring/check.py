@@ -23,7 +23,7 @@ import pandas as pd
 
 from loopline.config import AlertParams, load_params
 from loopline.paths import ProjectPaths
-from loopline.registry import Registry
+from loopline.registry import REFERENCE_FILE, Registry
 from loopline.runtime import onnx_session, predict_frame
 from monitoring.alerts import Delivery, Incidents, Outbox, SmtpSettings, compose
 from monitoring.drift import CheckResult, add_to_workspace, check_window, reference_frame, save_check
@@ -53,7 +53,7 @@ def run_check(paths: ProjectPaths, start: datetime, end: datetime, now: datetime
     """Check the production model's traffic served in [start, end). `now` is the time incidents and
     cooldowns are reckoned in (the wall clock unless a replay says otherwise). `can_retrain`: the caller
     (the monitoring flow) starts training when the outcome says `retrain`."""
-    from models.promote import REFERENCE_FILE, version_schema
+    from release.promote import version_schema
 
     params = load_params(paths.params)
     now = now or datetime.now(timezone.utc)

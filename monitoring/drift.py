@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from loopline.config import MonitorParams
+from loopline.features import class_probabilities
 from loopline.schema import FeatureSchema
 from loopline.metrics import primary_metric, task_metrics
 
@@ -222,8 +223,7 @@ def reference_frame(reference: pd.DataFrame, schema: FeatureSchema, predictions:
     frame = reference[[c.name for c in schema.features] + [schema.target]].copy()
     if schema.task.is_classification:
         classes = np.array(list(schema.classes), dtype=object)
-        proba = np.column_stack([1 - predictions, predictions]) if predictions.ndim == 1 else predictions
-        frame[PREDICTION] = classes[proba.argmax(axis=1)]
+        frame[PREDICTION] = classes[class_probabilities(predictions).argmax(axis=1)]
     else:
         frame[PREDICTION] = predictions.astype(np.float64)
     for col in schema.categorical_features:

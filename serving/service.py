@@ -31,22 +31,25 @@ from starlette.responses import Response
 
 from loopline.features import RecordEncoder, decode_predictions
 from loopline.paths import ProjectPaths, project_root
-from loopline.registry import BENTO_MODEL_NAME, Registry, RegistryError, verify_model_file
+from loopline.registry import (BENTO_MODEL_NAME, METADATA_FILE, MODEL_FILE, SCHEMA_FILE, Registry, RegistryError,
+                               verify_model_file)
 from loopline.request_model import label_model, record_model, response_model
 from loopline.runtime import onnx_session, reproduces_golden, run_encoded
-from loopline.schema import FeatureSchema, schema_from_dict
+from loopline.schema import FeatureSchema, load_schema
+from loopline.settings import Settings
 from serving import bentoml_fixes
 from serving.guards import RequestGuard, quiet_validation_errors
 from serving.request_log import ParquetWindows, RequestLog, logged_request_ids
 
 log = logging.getLogger(__name__)
+SETTINGS = Settings.from_env()  # every LOOPLINE_* variable (loopline/settings.py)
 # BentoML shows its own loggers' INFO lines only; the service's (model swaps, clients gone mid-body) too.
 logging.getLogger("serving").setLevel(logging.INFO)
 
 
 def production_model_tag() -> str:
-    if os.environ.get("LOOPLINE_MODEL_TAG"):
-        return os.environ["LOOPLINE_MODEL_TAG"]
+    if SETTINGS.model_tag:
+        return SETTINGS.model_tag
     registry = Registry.for_project(project_root())
     if registry.pointer.is_file():
         version = registry.production()
@@ -74,15 +77,14 @@ def load_served(tag: str) -> Served:
     """Load a model from BentoML's store and check it: its file is the one its version is named after
     (SHA-256), it runs, and it reproduces its golden batch."""
     model = bentoml.models.get(tag)
-    record = Path(model.path_of("version.json"))  # the registry's lineage record, packaged on promotion
+    record = Path(model.path_of(METADATA_FILE))  # the registry's lineage record, packaged on promotion
     info = json.loads(record.read_text()) if record.is_file() else dict(model.info.metadata)
     try:
-        verify_model_file(Path(model.path_of("model.onnx")), str(model.tag.version), info.get("sha256"))
+        verify_model_file(Path(model.path_of(MODEL_FILE)), str(model.tag.version), info.get("sha256"))
     except RegistryError as exc:
         raise RegistryError(f"{exc}; `loopline verify` repairs BentoML's store from the registry") from None
-    schema_file = Path(model.path_of("schema.json"))
-    schema = schema_from_dict(json.loads(schema_file.read_text()), source=str(schema_file))
-    session = onnx_session(model.path_of("model.onnx"), threads=ORT_THREADS)
+    schema = load_schema(Path(model.path_of(SCHEMA_FILE)))
+    session = onnx_session(model.path_of(MODEL_FILE), threads=ORT_THREADS)
     if reproduces_golden(session, Path(model.path), schema) is False:
         raise ValueError(f"{tag}: predictions on its golden batch differ from the recorded ones")
     return Served(str(model.tag.version), session, schema, info, RecordEncoder(schema))
@@ -134,12 +136,10 @@ class RecentIds:
         return {i for i in wanted if i in self.ids}
 
 
-MAX_RECORDS = int(os.environ.get("LOOPLINE_MAX_RECORDS", "1024"))
-WORKERS = int(os.environ.get("LOOPLINE_WORKERS", "1"))  # server processes, each with its own session
+MAX_RECORDS = SETTINGS.max_records
+WORKERS = SETTINGS.workers
 # Several workers share the cores: each session gets its share instead of one thread per core each.
-ORT_THREADS = int(os.environ.get("LOOPLINE_ORT_THREADS", "0")) or max(1, (os.cpu_count() or 1) // WORKERS)
-ACCESS_LOG = os.environ.get("LOOPLINE_ACCESS_LOG", "0").lower() in ("1", "true", "yes", "on")
-MAX_BODY_BYTES = int(os.environ.get("LOOPLINE_MAX_BODY_BYTES", str(4 * 2**20)))
+ORT_THREADS = SETTINGS.ort_threads or max(1, (os.cpu_count() or 1) // WORKERS)
 MODEL_TAG = production_model_tag()
 try:
     FIRST = load_served(MODEL_TAG)
@@ -163,7 +163,7 @@ info = FastAPI(title="Loopline model information")  # GET routes; BentoML's own 
     traffic={"timeout": 30},
     # BentoML's access log (a line per request) costs ~8% of throughput on small requests; the request
     # log already keeps every served record, so it is opt-in: LOOPLINE_ACCESS_LOG=1.
-    logging={"access": {"enabled": ACCESS_LOG, "request_content_length": True, "request_content_type": True,
+    logging={"access": {"enabled": SETTINGS.access_log, "request_content_length": True, "request_content_type": True,
                         "response_content_length": True, "response_content_type": True,
                         "skip_paths": ["/metrics", "/healthz", "/livez", "/readyz"],
                         "format": {"trace_id": "032x", "span_id": "016x"}}},
@@ -174,16 +174,15 @@ class Predictor:
     def __init__(self) -> None:
         self.served = FIRST
         paths = ProjectPaths(project_root())
-        self.request_log = None if os.environ.get("LOOPLINE_REQUEST_LOG") == "off" else RequestLog(
-            paths.request_log_dir, FIRST.schema, flush_seconds=float(os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
+        flush = SETTINGS.request_log_flush_seconds
+        self.request_log = None if SETTINGS.request_log == "off" else RequestLog(
+            paths.request_log_dir, FIRST.schema, flush_seconds=flush)
         self.recent_ids = RecentIds()
-        self.ground_truth = ParquetWindows(paths.ground_truth_dir, flush_seconds=float(
-            os.environ.get("LOOPLINE_REQUEST_LOG_FLUSH_SECONDS", "5")))
+        self.ground_truth = ParquetWindows(paths.ground_truth_dir, flush_seconds=flush)
         registry = Registry.for_project(project_root())
         self.watcher = None
-        if not os.environ.get("LOOPLINE_MODEL_TAG") and registry.pointer.is_file():
-            poll = float(os.environ.get("LOOPLINE_SWAP_POLL_SECONDS", "2"))
-            self.watcher = ProductionWatcher(registry, self.served.version, self.swap_to, poll)
+        if not SETTINGS.model_tag and registry.pointer.is_file():
+            self.watcher = ProductionWatcher(registry, self.served.version, self.swap_to, SETTINGS.swap_poll_seconds)
             self.watcher.start()
         gc.collect()
         gc.freeze()
@@ -259,5 +258,4 @@ class Predictor:
                 "model": served.info, "schema": served.schema.to_dict()}
 
 
-Predictor.add_asgi_middleware(RequestGuard, api_key=os.environ.get("LOOPLINE_API_KEY") or None,
-                              max_body_bytes=MAX_BODY_BYTES)
+Predictor.add_asgi_middleware(RequestGuard, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes)

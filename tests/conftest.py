@@ -27,16 +27,11 @@ from loopline import paths
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = [*paths.PROJECT_FILES, ".gitignore"]  # a git repository besides
 
-# Tests that start real tools (a DVC project, `bentoml serve`, Prefect, the training stage): marked
-# `integration`, so that `make test-fast` (-m "not integration") runs the rest in well under a minute.
-REAL_PROJECT_FIXTURES = {"project", "built", "prepared", "sensor_project", "loop_project", "penguins", "acs"}
-INTEGRATION_MODULES = {"test_serving", "test_loop", "test_tuning", "test_pipeline_dvc", "test_train_stage"}
-
-
+# tests/unit: pure functions, no subprocess, no server (`make test-fast`, well under a minute);
+# tests/integration: real DVC projects, `bentoml serve`, Prefect, SMTP and training runs. Marked by folder.
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__ if item.module else ""
-        if module in INTEGRATION_MODULES or REAL_PROJECT_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
 
 
@@ -82,7 +77,7 @@ class Project:
         return result
 
     def loopline(self, *args: str, check: bool = True) -> CommandResult:
-        return self.run(sys.executable, "-m", "models.cli", *args, check=check)
+        return self.run(sys.executable, "-m", "release.cli", *args, check=check)
 
     def dvc(self, *args: str, check: bool = True) -> CommandResult:
         return self.run(str(Path(sys.executable).parent / "dvc"), *args, check=check)
@@ -224,9 +219,9 @@ def reset_registry(built: tuple[Project, str, str, Path]) -> Project:
 
 def feature_records(project: Project, version: str, rows: int) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """The first `rows` test rows as request records (the model's features only), and the rows themselves."""
-    from loopline.schema import schema_from_dict
+    from loopline.schema import load_schema
 
-    schema = schema_from_dict(json.loads(project.path(f"registry/versions/{version}/schema.json").read_text()))
+    schema = load_schema(project.path(f"registry/versions/{version}/schema.json"))
     test = project.read_parquet("data/prepared/test.parquet").head(rows)
     return json.loads(test[[c.name for c in schema.features]].to_json(orient="records")), test
 

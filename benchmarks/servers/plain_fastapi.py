@@ -11,7 +11,6 @@ PyTorch module in eager mode. No request log, no metrics, no tracing: what most 
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from pathlib import Path
@@ -24,11 +23,11 @@ from pydantic import Field
 from loopline.features import decode_predictions
 from loopline.request_model import record_model
 from loopline.runtime import onnx_session, predict_frame
-from loopline.schema import schema_from_dict
+from loopline.schema import load_schema
 
 MODEL_DIR = Path(os.environ["LOOPLINE_BENCH_MODEL"])
 RUNTIME = os.environ.get("LOOPLINE_BENCH_RUNTIME", "onnx")
-schema = schema_from_dict(json.loads((MODEL_DIR / "schema.json").read_text()))
+schema = load_schema(MODEL_DIR / "schema.json")
 Record = record_model(schema)
 
 if RUNTIME == "onnx":

@@ -101,30 +101,38 @@ def _finite(x: Any) -> bool:
 
 
 def judge(rules: GateParams | None, ev: Evidence) -> GateReport:
-    out: list[Rule] = []
-    notes: list[str] = []
+    """Every rule family in turn; the verdict passes only when every rule passed."""
     if rules is None:
-        out.append(Rule("rule_set", None, "a non-empty params.yaml gate section", False,
-                        "no gate rules: a missing or empty rule set fails closed"))
-        return GateReport(False, out, ev.champion, notes)
+        missing = Rule("rule_set", None, "a non-empty params.yaml gate section", False,
+                       "no gate rules: a missing or empty rule set fails closed")
+        return GateReport(False, [missing], ev.champion, [])
+    notes: list[str] = []
+    compare = [m for m in rules.compare_metrics if m in ev.metrics]
+    out = [*threshold_rules(rules, ev), *baseline_rules(rules, ev, compare),
+           *champion_rules(rules, ev, compare, notes), *recipe_check_rules(ev, notes), *parity_rules(ev)]
+    return GateReport(all(r.passed for r in out), out, ev.champion, notes)
 
-    # Absolute thresholds.
-    thresholds = rules.thresholds
-    applicable = {m: lim for m, lim in thresholds.items() if m in ev.metrics}
+
+def threshold_rules(rules: GateParams, ev: Evidence) -> list[Rule]:
+    """Absolute limits on the test metrics; a rule set of which none applies to the task fails."""
+    applicable = {m: lim for m, lim in rules.thresholds.items() if m in ev.metrics}
     if not applicable:
-        out.append(Rule("thresholds", sorted(thresholds), f"limits on some of {sorted(ev.metrics)}", False,
-                        "no absolute threshold applies to this task's metrics"))
+        return [Rule("thresholds", sorted(rules.thresholds), f"limits on some of {sorted(ev.metrics)}", False,
+                     "no absolute threshold applies to this task's metrics")]
+    out = []
     for metric, limits in applicable.items():
         value = ev.metrics[metric]
         for kind in ("min", "max"):
             bound = getattr(limits, kind)
-            if bound is None:
-                continue
-            ok = _finite(value) and (value >= bound if kind == "min" else value <= bound)
-            out.append(Rule(f"threshold:{metric}", value, f"{'>=' if kind == 'min' else '<='} {bound}", ok))
+            if bound is not None:
+                ok = _finite(value) and (value >= bound if kind == "min" else value <= bound)
+                out.append(Rule(f"threshold:{metric}", value, f"{'>=' if kind == 'min' else '<='} {bound}", ok))
+    return out
 
-    # Baselines.
-    compare = [m for m in rules.compare_metrics if m in ev.metrics]
+
+def baseline_rules(rules: GateParams, ev: Evidence, compare: list[str]) -> list[Rule]:
+    """The candidate cuts each named baseline's error by baseline_margin on every compare metric."""
+    out = []
     if not compare:
         out.append(Rule("compare_metrics", rules.compare_metrics, f"some of {sorted(ev.metrics)}", False,
                         "no metric to compare against baselines and champion"))
@@ -140,49 +148,53 @@ def judge(rules: GateParams | None, ev: Evidence) -> GateReport:
             ok, bound = _better(metric, ev.metrics[metric], ev.baselines[name][metric], margin)
             out.append(Rule(f"beats:{name}:{metric}", ev.metrics[metric], round(bound, 6),
                             ok and _finite(ev.metrics[metric]), f"{name} {ev.baselines[name][metric]:.6g}, margin {margin:g}"))
+    return out
 
-    # Champion, overall and per judged slice.
+
+def champion_rules(rules: GateParams, ev: Evidence, compare: list[str], notes: list[str]) -> list[Rule]:
+    """Not worse than production by more than champion_tolerance, overall and on every judged slice."""
     if ev.champion is None:
         notes.append("first model: there is no production model to compare with")
-    elif ev.champion_metrics is None:
-        out.append(Rule("champion", ev.champion, "comparable on the same test rows", False,
-                        "the production model could not be scored on the candidate's test rows"))
-    else:
-        tolerance = rules.champion_tolerance
-        for metric in compare:
-            ok, bound = _not_worse(metric, ev.metrics[metric], ev.champion_metrics[metric], tolerance)
-            out.append(Rule(f"champion:{metric}", ev.metrics[metric], round(bound, 6), ok,
-                            f"production {ev.champion} {ev.champion_metrics[metric]:.6g}, tolerance {tolerance:g}"))
-        for column, values in ev.slices.items():
-            for value, cand in values.items():
-                champ = (ev.champion_slices or {}).get(column, {}).get(value)
-                if not cand.get("judged") or champ is None:
+        return []
+    if ev.champion_metrics is None:
+        return [Rule("champion", ev.champion, "comparable on the same test rows", False,
+                     "the production model could not be scored on the candidate's test rows")]
+    tolerance = rules.champion_tolerance
+    out = []
+    for metric in compare:
+        ok, bound = _not_worse(metric, ev.metrics[metric], ev.champion_metrics[metric], tolerance)
+        out.append(Rule(f"champion:{metric}", ev.metrics[metric], round(bound, 6), ok,
+                        f"production {ev.champion} {ev.champion_metrics[metric]:.6g}, tolerance {tolerance:g}"))
+    for column, values in ev.slices.items():
+        for value, cand in values.items():
+            champ = (ev.champion_slices or {}).get(column, {}).get(value)
+            if not cand.get("judged") or champ is None:
+                continue
+            for metric in compare:
+                if not (_finite(cand.get(metric)) and _finite(champ.get(metric))):
                     continue
-                for metric in compare:
-                    if not (_finite(cand.get(metric)) and _finite(champ.get(metric))):
-                        continue
-                    ok, bound = _not_worse(metric, cand[metric], champ[metric], tolerance)
-                    out.append(Rule(f"champion:{column}={value}:{metric}", cand[metric], round(bound, 6), ok,
-                                    f"production {champ[metric]:.6g} on {cand['rows']} rows"))
+                ok, bound = _not_worse(metric, cand[metric], champ[metric], tolerance)
+                out.append(Rule(f"champion:{column}={value}:{metric}", cand[metric], round(bound, 6), ok,
+                                f"production {champ[metric]:.6g} on {cand['rows']} rows"))
+    return out
 
-    # Recipe checks.
+
+def recipe_check_rules(ev: Evidence, notes: list[str]) -> list[Rule]:
+    """Every training recipe check that ran passed; skips are named in the notes."""
     if ev.checks is None:
-        out.append(Rule("recipe_checks", None, "all run checks passed", False, "no recipe-check record"))
-    else:
-        failed = [c["name"] for c in ev.checks if not c.get("passed")]
-        skipped = [c["name"] for c in ev.checks if c.get("skipped")]
-        out.append(Rule("recipe_checks", {"failed": failed, "skipped": skipped}, "none failed", not failed))
-        if skipped:
-            notes.append(f"recipe checks skipped by params.yaml: {skipped}")
+        return [Rule("recipe_checks", None, "all run checks passed", False, "no recipe-check record")]
+    failed = [c["name"] for c in ev.checks if not c.get("passed")]
+    skipped = [c["name"] for c in ev.checks if c.get("skipped")]
+    if skipped:
+        notes.append(f"recipe checks skipped by params.yaml: {skipped}")
+    return [Rule("recipe_checks", {"failed": failed, "skipped": skipped}, "none failed", not failed)]
 
-    # Export parity, for this very file.
+
+def parity_rules(ev: Evidence) -> list[Rule]:
+    """The export parity report belongs to this very ONNX file, and parity held."""
     if ev.parity is None:
-        out.append(Rule("export_parity", None, "parity report", False, "no parity report"))
-    else:
-        same_file = ev.parity.get("onnx_sha256") == ev.onnx_sha256
-        ok = bool(ev.parity.get("passed")) and same_file
-        out.append(Rule("export_parity", ev.parity.get("max_abs_diff"),
-                        f"<= {ev.parity.get('atol')} + {ev.parity.get('rtol')} x |y|", ok,
-                        "" if same_file else "the parity report was made for another ONNX file"))
-
-    return GateReport(all(r.passed for r in out), out, ev.champion, notes)
+        return [Rule("export_parity", None, "parity report", False, "no parity report")]
+    same_file = ev.parity.get("onnx_sha256") == ev.onnx_sha256
+    ok = bool(ev.parity.get("passed")) and same_file
+    return [Rule("export_parity", ev.parity.get("max_abs_diff"), f"<= {ev.parity.get('atol')} + {ev.parity.get('rtol')} x |y|",
+                 ok, "" if same_file else "the parity report was made for another ONNX file")]

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import Project, new_project, registered_id, serving
 from loopline.features import encode_features
-from loopline.schema import schema_from_dict
+from loopline.schema import load_schema
 
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 # A small table: small batches and a larger step than the default, so that 40 epochs are enough.
@@ -55,7 +55,7 @@ def test_the_multiclass_candidate_is_judged_by_every_rule_that_applies_to_its_ta
 
 def test_the_service_answers_each_class_probability_and_treats_nulls_as_training_did(penguins) -> None:
     project, version, _ = penguins
-    schema = schema_from_dict(json.loads(project.path(f"registry/versions/{version}/schema.json").read_text()))
+    schema = load_schema(project.path(f"registry/versions/{version}/schema.json"))
     rows = pd.concat([project.read_parquet(f"data/prepared/{s}.parquet") for s in ("train", "val", "test")])
     features = [c.name for c in schema.features]
     records = json.loads(rows[features].to_json(orient="records"))

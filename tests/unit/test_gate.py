@@ -12,7 +12,7 @@ from loopline.config import EvaluateParams, GateParams, TrainParams, load_params
 from loopline.errors import ConfigError
 from models.baselines import fit_baselines
 from models.evaluate import evaluate
-from models.gate import Evidence, judge
+from release.gate import Evidence, judge
 from models.inference import predict
 from models.trainer import train_model
 from toy import model_for, toy_data
