@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS ?= 1
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.state/dvc-site-cache
 export MPLBACKEND ?= Agg
 
-.PHONY: venv demo pipeline repro serve tune cv test test-fast bench-deps lock clean-state
+.PHONY: venv demo pipeline repro serve tune cv test test-fast lint bench-deps lock clean-state
 
 venv: $(STAMP)
 
@@ -58,8 +58,13 @@ serve: venv
 	$(BIN)/loopline serve --port $(PORT)
 
 ## Every test: the fast ones and the integration tests with real DVC, Prefect, BentoML and SMTP (what CI runs).
-test: venv
+test: venv lint
 	$(BIN)/python -m pytest
+
+## Ruff's lint and format checks (pyproject.toml); `ruff check --fix . && ruff format .` applies them.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ## The unit tests (tests/unit: no DVC project, server, subprocess or training run), for working: under a minute.
 test-fast: venv

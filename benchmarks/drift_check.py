@@ -44,11 +44,24 @@ def one_run(rows: int) -> dict[str, float]:
     window["prediction"] = window["cnt"] * 0.8
     t = datetime.now(timezone.utc)
     begin = time.perf_counter()
-    result, snapshots = check_window(window, reference, schema, MonitorParams(), model_version="bench",
-                                     reference_metrics={"mae": 60.0}, window_start=t, window_end=t)
+    result, snapshots = check_window(
+        window,
+        reference,
+        schema,
+        MonitorParams(),
+        model_version="bench",
+        reference_metrics={"mae": 60.0},
+        window_start=t,
+        window_end=t,
+    )
     checked = time.perf_counter()
-    return {"rows": rows, "import_s": imported - started, "check_s": checked - begin,
-            "verdict": result.verdict, "reports": len(snapshots)}
+    return {
+        "rows": rows,
+        "import_s": imported - started,
+        "check_s": checked - begin,
+        "verdict": result.verdict,
+        "reports": len(snapshots),
+    }
 
 
 def main() -> None:
@@ -60,17 +73,28 @@ def main() -> None:
     if args.one:
         print(json.dumps(one_run(args.one)))
         return
-    print("\nmonitoring check on the bike data, reference 8,645 rows (2011), window rows resampled from 2012;"
-          f" median of {args.repeat} fresh processes\n")
+    print(
+        "\nmonitoring check on the bike data, reference 8,645 rows (2011), window rows resampled from 2012;"
+        f" median of {args.repeat} fresh processes\n"
+    )
     print("| window rows | check s | rows/s | imports s (once per process) | verdict | reports |")
     print("|---:|---:|---:|---:|---|---:|")
     for rows in args.sizes:
-        runs = [json.loads(subprocess.run([sys.executable, __file__, "--one", str(rows)], capture_output=True,
-                                          text=True, check=True, cwd=REPO).stdout.strip().splitlines()[-1])
-                for _ in range(args.repeat)]
+        runs = [
+            json.loads(
+                subprocess.run(
+                    [sys.executable, __file__, "--one", str(rows)], capture_output=True, text=True, check=True, cwd=REPO
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            for _ in range(args.repeat)
+        ]
         check = statistics.median(r["check_s"] for r in runs)
         imports = statistics.median(r["import_s"] for r in runs)
-        print(f"| {rows:,} | {check:.2f} | {rows / check:,.0f} | {imports:.1f} | {runs[0]['verdict']} | {runs[0]['reports']} |")
+        print(
+            f"| {rows:,} | {check:.2f} | {rows / check:,.0f} | {imports:.1f} | {runs[0]['verdict']} | {runs[0]['reports']} |"
+        )
 
 
 if __name__ == "__main__":

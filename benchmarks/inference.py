@@ -78,8 +78,10 @@ def main() -> None:
             rows.append((batch, name, latency * 1e3, batch / latency, result["pytorch eager"] / latency, gap))
 
     providers = ", ".join(session.get_providers())
-    print(f"\ninference, {schema.name}, median latency of one call, {args.device} "
-          f"(torch threads {torch.get_num_threads()}; onnxruntime providers: {providers})\n")
+    print(
+        f"\ninference, {schema.name}, median latency of one call, {args.device} "
+        f"(torch threads {torch.get_num_threads()}; onnxruntime providers: {providers})\n"
+    )
     print("| batch | runtime | latency ms | rows/s | speed-up vs eager | max abs diff |")
     print("|---:|---|---:|---:|---:|---:|")
     for batch, name, ms, rps, speedup, gap in rows:

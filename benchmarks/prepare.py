@@ -29,8 +29,9 @@ def run_stage(project: Path, module: str) -> tuple[float, float]:
     """(wall seconds, peak RSS MiB) of `python -m module` in the project."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", module], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -67,10 +68,14 @@ def main() -> None:
         rows.append((source, n_rows, wall, peak))
 
     print(f"prepare stage, median of {args.repeat} runs (process start to exit), on {os.cpu_count()} cores")
-    print(f"| dataset | rows | wall s | share of {TARGET_SECONDS:g} s target | peak RSS MiB | share of {TARGET_MIB:g} MiB target |")
+    print(
+        f"| dataset | rows | wall s | share of {TARGET_SECONDS:g} s target | peak RSS MiB | share of {TARGET_MIB:g} MiB target |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for source, n_rows, wall, peak in rows:
-        print(f"| {source} | {n_rows:,} | {wall:.2f} | {wall / TARGET_SECONDS:.2f}x | {peak:.0f} | {peak / TARGET_MIB:.2f}x |")
+        print(
+            f"| {source} | {n_rows:,} | {wall:.2f} | {wall / TARGET_SECONDS:.2f}x | {peak:.0f} | {peak / TARGET_MIB:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -81,10 +81,16 @@ def wait_ready(url: str, body: bytes, process: subprocess.Popen, timeout: float 
 
 def wrk(url: str, body_file: Path, connections: int, seconds: float) -> Load:
     script = body_file.with_suffix(".lua")
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f'local f = io.open("{body_file}")\nwrk.body = f:read("*a")\nf:close()\n')
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{body_file}")\nwrk.body = f:read("*a")\nf:close()\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def latency(pct: str) -> float:
         value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
@@ -106,8 +112,14 @@ def measure(contender: Contender, bodies: dict[str, Path], connections: int, sec
     port = free_port()
     command = [part.replace("{port}", str(port)) for part in contender.command]
     log = tempfile.NamedTemporaryFile(prefix="loopline-bench-server-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **contender.env}, start_new_session=True,
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, **contender.env},
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/predict"
     try:
         try:
@@ -137,8 +149,10 @@ def in_process_rows_per_s(model_dir: Path, records: list[dict], seconds: float) 
     session, encode = onnx_session(model_dir / "model.onnx"), RecordEncoder(schema)
     encoded = encode(records)
     result = {}
-    for label, call in (("graph on encoded arrays", lambda: run_encoded(session, encoded)),
-                        ("records encoded, then the graph", lambda: run_encoded(session, encode(records)))):
+    for label, call in (
+        ("graph on encoded arrays", lambda: run_encoded(session, encoded)),
+        ("records encoded, then the graph", lambda: run_encoded(session, encode(records))),
+    ):
         for _ in range(50):
             call()
         samples, deadline = [], time.perf_counter() + seconds
@@ -180,23 +194,50 @@ def main() -> None:
     bodies["1 record"].write_text(json.dumps({"records": records[:1]}))
     bodies["256 records"].write_text(json.dumps({"records": records}))
 
-    env = {"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(REPO / ".state" / "bentoml")),
-           "BENTOML_DO_NOT_TRACK": "true", "LOOPLINE_SWAP_POLL_SECONDS": "2"}
+    env = {
+        "BENTOML_HOME": os.environ.get("BENTOML_HOME", str(REPO / ".state" / "bentoml")),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "LOOPLINE_SWAP_POLL_SECONDS": "2",
+    }
     bentoml = [str(BIN / "bentoml"), "serve", "serving.service:Predictor", "--host", "127.0.0.1", "--port", "{port}"]
-    plain = [str(BIN / "uvicorn"), "benchmarks.servers.plain_fastapi:app", "--host", "127.0.0.1", "--port", "{port}",
-             "--log-level", "warning"]
+    plain = [
+        str(BIN / "uvicorn"),
+        "benchmarks.servers.plain_fastapi:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--log-level",
+        "warning",
+    ]
     plain_env = {"LOOPLINE_BENCH_MODEL": str(model_dir)}
     contenders = [
-        Contender("loopline (bentoml), request log on", bentoml,
-                  {**env, "LOOPLINE_REQUEST_LOG": str(scratch / "requests")}, {}),
+        Contender(
+            "loopline (bentoml), request log on",
+            bentoml,
+            {**env, "LOOPLINE_REQUEST_LOG": str(scratch / "requests")},
+            {},
+        ),
         Contender("loopline (bentoml), request log off", bentoml, {**env, "LOOPLINE_REQUEST_LOG": "off"}, {}),
         Contender("fastapi + onnxruntime", plain, {**plain_env, "LOOPLINE_BENCH_RUNTIME": "onnx"}, {}),
-        Contender("fastapi + pytorch eager", plain, {**plain_env, "LOOPLINE_BENCH_RUNTIME": "torch",
-                                                     "LOOPLINE_BENCH_MODEL": str(REPO / "artifacts" / "model")}, {}),
-        Contender("loopline (bentoml), request log on, 2 workers", bentoml,
-                  {**env, "LOOPLINE_REQUEST_LOG": str(scratch / "requests-2"), "LOOPLINE_WORKERS": "2"}, {}),
-        Contender("fastapi + onnxruntime, 2 workers", [*plain, "--workers", "2"],
-                  {**plain_env, "LOOPLINE_BENCH_RUNTIME": "onnx"}, {}),
+        Contender(
+            "fastapi + pytorch eager",
+            plain,
+            {**plain_env, "LOOPLINE_BENCH_RUNTIME": "torch", "LOOPLINE_BENCH_MODEL": str(REPO / "artifacts" / "model")},
+            {},
+        ),
+        Contender(
+            "loopline (bentoml), request log on, 2 workers",
+            bentoml,
+            {**env, "LOOPLINE_REQUEST_LOG": str(scratch / "requests-2"), "LOOPLINE_WORKERS": "2"},
+            {},
+        ),
+        Contender(
+            "fastapi + onnxruntime, 2 workers",
+            [*plain, "--workers", "2"],
+            {**plain_env, "LOOPLINE_BENCH_RUNTIME": "onnx"},
+            {},
+        ),
     ]
     if args.only:
         contenders = [c for c in contenders if any(key in c.name for key in args.only)]
@@ -207,10 +248,14 @@ def main() -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
     reference = next((c for c in contenders if c.name == "fastapi + onnxruntime"), None)
-    print(f"\nserving, model {version} ({schema.name}), wrk -t1 -c{args.connections} -d{args.seconds:g}s on "
-          f"127.0.0.1, {os.cpu_count()} cores\n")
-    print("| server | records/request | req/s | rows/s | p50 ms | p99 ms | req/s vs fastapi+ort | "
-          "p99 vs fastapi+ort | errors | RSS MiB |")
+    print(
+        f"\nserving, model {version} ({schema.name}), wrk -t1 -c{args.connections} -d{args.seconds:g}s on "
+        f"127.0.0.1, {os.cpu_count()} cores\n"
+    )
+    print(
+        "| server | records/request | req/s | rows/s | p50 ms | p99 ms | req/s vs fastapi+ort | "
+        "p99 vs fastapi+ort | errors | RSS MiB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for contender in contenders:
         for label, load in contender.loads.items():
@@ -218,23 +263,31 @@ def main() -> None:
             ratio = f"{load.requests_per_s / base.requests_per_s:.2f}x" if base else "-"
             p99 = f"{load.p99_ms / base.p99_ms:.2f}x" if base else "-"
             n = 1 if label == "1 record" else 256
-            print(f"| {contender.name} | {n} | {load.requests_per_s:,.0f} | {load.requests_per_s * n:,.0f} | "
-                  f"{load.p50_ms:.1f} | {load.p99_ms:.1f} | {ratio} | {p99} | {load.errors} | {contender.rss_mib:,.0f} |")
+            print(
+                f"| {contender.name} | {n} | {load.requests_per_s:,.0f} | {load.requests_per_s * n:,.0f} | "
+                f"{load.p50_ms:.1f} | {load.p99_ms:.1f} | {ratio} | {p99} | {load.errors} | {contender.rss_mib:,.0f} |"
+            )
 
-    print("\nin-process ONNX Runtime, 256 records per call (median call), and the servers' 256-record rows/s "
-          "against it\n")
+    print(
+        "\nin-process ONNX Runtime, 256 records per call (median call), and the servers' 256-record rows/s against it\n"
+    )
     print("| in process | rows/s | " + " | ".join(c.name for c in contenders if "256 records" in c.loads) + " |")
     print("|---|---:|" + "---:|" * sum("256 records" in c.loads for c in contenders))
     for label, rate in in_process.items():
-        shares = [f"{c.loads['256 records'].requests_per_s * 256 / rate:.2f}x" for c in contenders
-                  if "256 records" in c.loads]
+        shares = [
+            f"{c.loads['256 records'].requests_per_s * 256 / rate:.2f}x" for c in contenders if "256 records" in c.loads
+        ]
         print(f"| {label} | {rate:,.0f} | " + " | ".join(shares) + " |")
 
     on = next((c for c in contenders if c.name == "loopline (bentoml), request log on"), None)
     off = next((c for c in contenders if c.name == "loopline (bentoml), request log off"), None)
     if on and off:
-        print("\nrequest log cost (throughput with the log on / off): " + ", ".join(
-            f"{label} {on.loads[label].requests_per_s / off.loads[label].requests_per_s:.2f}x" for label in on.loads))
+        print(
+            "\nrequest log cost (throughput with the log on / off): "
+            + ", ".join(
+                f"{label} {on.loads[label].requests_per_s / off.loads[label].requests_per_s:.2f}x" for label in on.loads
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,7 @@ def worker(contender: str, project: Path, epochs: int, device_name: str, precisi
     from loopline.config import load_params
     from loopline.paths import ProjectPaths
     from models.train import build_model, load_prepared
-    from models.trainer import (autocast, epoch_batches, evaluate_loss, make_scheduler, seed_everything,
-                                train_model)
+    from models.trainer import autocast, epoch_batches, evaluate_loss, make_scheduler, seed_everything, train_model
 
     paths = ProjectPaths(project)
     params = load_params(paths.params)
@@ -115,8 +114,13 @@ def worker(contender: str, project: Path, epochs: int, device_name: str, precisi
     else:
         seconds = _lightning_fit(model, train, val, cfg, params.seed, lr, device, precision, epochs)
 
-    out = {"contender": contender, "samples_per_s": rows / seconds, "seconds": seconds,
-           "device": str(device), "precision": precision}
+    out = {
+        "contender": contender,
+        "samples_per_s": rows / seconds,
+        "seconds": seconds,
+        "device": str(device),
+        "precision": precision,
+    }
     if device.type == "cuda":
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
         out["gpu"] = torch.cuda.get_device_name(device)
@@ -177,16 +181,29 @@ def _lightning_fit(model, train, val, cfg, seed: int, lr: float, device, precisi
         def configure_optimizers(self):
             optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=cfg.weight_decay)
             steps = len(EpochBatches(len(train), True)) * epochs
-            return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": make_scheduler(optimizer, cfg, lr, steps), "interval": "step"}}
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": make_scheduler(optimizer, cfg, lr, steps), "interval": "step"},
+            }
 
-    loaders = [DataLoader(Indices(len(d)), sampler=EpochBatches(len(d), shuffle), batch_size=None)
-               for d, shuffle in ((train, True), (val, False))]
+    loaders = [
+        DataLoader(Indices(len(d)), sampler=EpochBatches(len(d), shuffle), batch_size=None)
+        for d, shuffle in ((train, True), (val, False))
+    ]
     lightning_precision = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[precision]
-    trainer = L.Trainer(max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-                        precision=lightning_precision, gradient_clip_val=cfg.grad_clip_norm, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, deterministic=cfg.deterministic)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=lightning_precision,
+        gradient_clip_val=cfg.grad_clip_norm,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=cfg.deterministic,
+    )
     start = time.perf_counter()
     trainer.fit(Module(), *loaders)
     if device.type == "cuda":
@@ -196,10 +213,27 @@ def _lightning_fit(model, train, val, cfg, seed: int, lr: float, device, precisi
 
 def run_worker(contender: str, project: Path, epochs: int, device: str, precision: str) -> dict | None:
     """One contender in a fresh process: its result and its peak RSS."""
-    cmd = [sys.executable, __file__, "--worker", contender, "--project", str(project), "--epochs", str(epochs),
-           "--device", device, "--precision", precision[0]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        contender,
+        "--project",
+        str(project),
+        "--epochs",
+        str(epochs),
+        "--device",
+        device,
+        "--precision",
+        precision[0],
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     stdout, stderr = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
     if os.waitstatus_to_exitcode(status) != 0:
@@ -238,22 +272,31 @@ def main() -> None:
         loopline = statistics.median(r["samples_per_s"] for r in results["loopline"])
         for contender, runs in results.items():
             speed = statistics.median(r["samples_per_s"] for r in runs)
-            rows.append({
-                "precision": precision, "contender": contender, "samples_per_s": speed,
-                "vs_bare": speed / bare, "loopline_vs_this": loopline / speed,
-                "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
-                "cuda_peak_mib": max(r.get("cuda_peak_mib", 0.0) for r in runs),
-                "gpu": runs[0].get("gpu", ""),
-            })
+            rows.append(
+                {
+                    "precision": precision,
+                    "contender": contender,
+                    "samples_per_s": speed,
+                    "vs_bare": speed / bare,
+                    "loopline_vs_this": loopline / speed,
+                    "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+                    "cuda_peak_mib": max(r.get("cuda_peak_mib", 0.0) for r in runs),
+                    "gpu": runs[0].get("gpu", ""),
+                }
+            )
     device = rows[0]["gpu"] or f"CPU, {os.cpu_count()} cores"
-    print(f"\ntraining throughput, {args.source}, {args.epochs} epochs, batch "
-          f"{_batch_size(project)}, median of {args.repeat}, on {device}\n")
+    print(
+        f"\ntraining throughput, {args.source}, {args.epochs} epochs, batch "
+        f"{_batch_size(project)}, median of {args.repeat}, on {device}\n"
+    )
     print("| precision | contender | samples/s | vs bare | loopline / this | peak RSS MiB | CUDA peak MiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         cuda = f"{r['cuda_peak_mib']:.0f}" if r["cuda_peak_mib"] else "-"
-        print(f"| {r['precision']} | {r['contender']} | {r['samples_per_s']:,.0f} | {r['vs_bare']:.2f}x | "
-              f"{r['loopline_vs_this']:.2f}x | {r['peak_rss_mib']:.0f} | {cuda} |")
+        print(
+            f"| {r['precision']} | {r['contender']} | {r['samples_per_s']:,.0f} | {r['vs_bare']:.2f}x | "
+            f"{r['loopline_vs_this']:.2f}x | {r['peak_rss_mib']:.0f} | {cuda} |"
+        )
     if "lightning" not in {r["contender"] for r in rows}:
         print("\nPyTorch Lightning is not installed: `make bench-deps` installs the pinned version.")
     if args.project is None:

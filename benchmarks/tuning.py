@@ -38,8 +38,8 @@ def median_seconds(fn) -> float:
 
 
 def load_data(project: Path, max_train_rows: int | None, seed: int):
-    from models.train import load_prepared
     from loopline.paths import ProjectPaths
+    from models.train import load_prepared
 
     data = load_prepared(ProjectPaths(project))
     if max_train_rows and len(data.frames["train"]) > max_train_rows:
@@ -58,10 +58,14 @@ def search(project: Path, data, sampler: str, seed: int, trials: int, epochs: in
     from models.tune import Objective, make_pruner, make_sampler
 
     paths = ProjectPaths(project)
-    params = with_overrides(load_params(paths.params), {"seed": seed, "tune.sampler": sampler, "tune.pruner": "none",
-                                                        "tune.epochs": epochs}, "benchmark")
-    study = optuna.create_study(direction="minimize", sampler=make_sampler(params.tune, seed),
-                                pruner=make_pruner(params.tune))
+    params = with_overrides(
+        load_params(paths.params),
+        {"seed": seed, "tune.sampler": sampler, "tune.pruner": "none", "tune.epochs": epochs},
+        "benchmark",
+    )
+    study = optuna.create_study(
+        direction="minimize", sampler=make_sampler(params.tune, seed), pruner=make_pruner(params.tune)
+    )
     study.optimize(Objective(paths, params, data, f"bench-{sampler}-{seed}"), n_trials=trials)
     return study, params
 
@@ -77,15 +81,17 @@ def ensemble_figures(data, params, study, top_k: int, workdir: Path) -> dict:
     from loopline import runtime
     from loopline.config import with_overrides
     from loopline.features import encode_features, encode_target
+    from loopline.metrics import primary_metric, task_metrics
     from models.export import export_onnx, onnx_session
     from models.inference import predict
-    from loopline.metrics import primary_metric, task_metrics
     from models.network import EnsembleNet
     from models.train import fit
 
     done = sorted((t for t in study.trials if t.value is not None), key=lambda t: t.value)[:top_k]
-    members = [fit(data, with_overrides(params, t.user_attrs["overrides"], "benchmark"), run_checks=False,
-                   find_lr=False).model for t in done]
+    members = [
+        fit(data, with_overrides(params, t.user_attrs["overrides"], "benchmark"), run_checks=False, find_lr=False).model
+        for t in done
+    ]
     ensemble = EnsembleNet([m.spec for m in members])
     for target, m in zip(ensemble.members, members):
         target.load_state_dict(m.state_dict())
@@ -107,10 +113,13 @@ def ensemble_figures(data, params, study, top_k: int, workdir: Path) -> dict:
         session = onnx_session(path)
         check = runtime.predict_frame(session, test.head(256), data.schema)
         assert np.allclose(check, predict(model, test.head(256), data.schema), rtol=1e-4, atol=1e-4)
-        out[name] = {metric: scores[metric], second: scores[second],
-                     "ms_1": median_seconds(lambda: session.run(None, one)) * 1e3,
-                     "ms_256": median_seconds(lambda: session.run(None, batch)) * 1e3,
-                     "onnx_kib": path.stat().st_size / 1024}
+        out[name] = {
+            metric: scores[metric],
+            second: scores[second],
+            "ms_1": median_seconds(lambda: session.run(None, one)) * 1e3,
+            "ms_256": median_seconds(lambda: session.run(None, batch)) * 1e3,
+            "onnx_kib": path.stat().st_size / 1024,
+        }
     out["metric"], out["second"], out["trials"] = metric, second, [t.number for t in done]
     return out
 
@@ -126,18 +135,22 @@ def main() -> None:
     args = parser.parse_args()
 
     import optuna
-
     from train_throughput import prepared_project
+
     from models.tune import quiet_training_logs
 
     logging.basicConfig(level=logging.WARNING)
     quiet_training_logs()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     half = args.trials // 2
-    print(f"TPE vs random: {args.trials} trials each, {args.epochs} epochs per trial, no pruning, "
-          f"{args.seeds} seeds; best validation loss (lower is better), mean ± std over seeds\n")
-    print(f"| dataset | sampler | best after {half} | best after {args.trials} | best trial's val metric | "
-          f"TPE better (seeds) | minutes |")
+    print(
+        f"TPE vs random: {args.trials} trials each, {args.epochs} epochs per trial, no pruning, "
+        f"{args.seeds} seeds; best validation loss (lower is better), mean ± std over seeds\n"
+    )
+    print(
+        f"| dataset | sampler | best after {half} | best after {args.trials} | best trial's val metric | "
+        f"TPE better (seeds) | minutes |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     ensembles = {}
     for source in args.datasets:
@@ -155,8 +168,9 @@ def main() -> None:
                 from loopline.metrics import primary_metric
 
                 metric = primary_metric(data.schema.task.value)
-                results[sampler].append((best_after(study, half), best_after(study, args.trials),
-                                         best.user_attrs["val_metrics"][metric]))
+                results[sampler].append(
+                    (best_after(study, half), best_after(study, args.trials), best.user_attrs["val_metrics"][metric])
+                )
                 if sampler == "tpe" and seed == 0:
                     first_tpe = (data, params, study)
                 print(f"  {source} seed {seed} {sampler}: best {results[sampler][-1][1]:.5f}", file=sys.stderr)
@@ -164,24 +178,32 @@ def main() -> None:
         for sampler in ("tpe", "random"):
             cols = list(zip(*results[sampler]))
             fmt = [f"{statistics.mean(c):.4f} ± {statistics.stdev(c) if len(c) > 1 else 0:.4f}" for c in cols]
-            print(f"| {source} | {sampler} | {fmt[0]} | {fmt[1]} | {metric} {fmt[2]} | "
-                  f"{f'{wins} of {args.seeds}' if sampler == 'tpe' else ''} | {minutes[sampler]:.1f} |")
+            print(
+                f"| {source} | {sampler} | {fmt[0]} | {fmt[1]} | {metric} {fmt[2]} | "
+                f"{f'{wins} of {args.seeds}' if sampler == 'tpe' else ''} | {minutes[sampler]:.1f} |"
+            )
         with tempfile.TemporaryDirectory() as tmp:
             ensembles[source] = ensemble_figures(*first_tpe, args.top_k, Path(tmp))
 
-    print(f"\nEnsemble of the top {args.top_k} trials (seed-0 TPE study) against its best trial alone: whole test "
-          "split; ONNX Runtime in process (the session serving creates), median latency of one call\n")
+    print(
+        f"\nEnsemble of the top {args.top_k} trials (seed-0 TPE study) against its best trial alone: whole test "
+        "split; ONNX Runtime in process (the session serving creates), median latency of one call\n"
+    )
     print("| dataset | model | test metric | second metric | ms / 1 record | ms / 256 records | ONNX KiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for source, fig in ensembles.items():
         for name in ("best trial", f"top-{args.top_k} ensemble"):
             f = fig[name]
-            print(f"| {source} | {name} | {fig['metric']} {f[fig['metric']]:.4f} | {fig['second']} "
-                  f"{f[fig['second']]:.4f} | {f['ms_1']:.3f} | {f['ms_256']:.3f} | {f['onnx_kib']:.0f} |")
+            print(
+                f"| {source} | {name} | {fig['metric']} {f[fig['metric']]:.4f} | {fig['second']} "
+                f"{f[fig['second']]:.4f} | {f['ms_1']:.3f} | {f['ms_256']:.3f} | {f['onnx_kib']:.0f} |"
+            )
         single, ens = fig["best trial"], fig[f"top-{args.top_k} ensemble"]
-        print(f"| {source} | ensemble / single | {ens[fig['metric']] / single[fig['metric']]:.3f}x | "
-              f"{ens[fig['second']] / single[fig['second']]:.3f}x | {ens['ms_1'] / single['ms_1']:.2f}x | "
-              f"{ens['ms_256'] / single['ms_256']:.2f}x | |")
+        print(
+            f"| {source} | ensemble / single | {ens[fig['metric']] / single[fig['metric']]:.3f}x | "
+            f"{ens[fig['second']] / single[fig['second']]:.3f}x | {ens['ms_1'] / single['ms_1']:.2f}x | "
+            f"{ens['ms_256'] / single['ms_256']:.2f}x | |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
 from dataprep import sources
 from dataprep.validate import PROVENANCE, parse_datetimes
 from loopline.atomic import StagedOutputs, write_json
-from loopline.stage import run_stage
 from loopline.config import Params, load_dataset_schema, load_params, schema_path
 from loopline.errors import ConfigError, DataError
 from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema, Kind
+from loopline.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,9 @@ def parse_as_of(value: str | int | None, schema: FeatureSchema) -> tuple[object,
         try:
             return float(value), True
         except ValueError:
-            raise ConfigError(f"params.yaml: data.as_of: {value!r} is not a number (time column "
-                              f"{schema.time_column!r} is numeric)") from None
+            raise ConfigError(
+                f"params.yaml: data.as_of: {value!r} is not a number (time column {schema.time_column!r} is numeric)"
+            ) from None
     try:
         stamp = pd.Timestamp(str(value))
     except ValueError:
@@ -145,7 +147,10 @@ def ingest(params: Params, paths: ProjectPaths) -> tuple[pd.DataFrame, IngestSum
         )
     log.info(
         "%d rows read from %d file(s), %d known at as_of=%s; schema %s",
-        summary.rows_read, len(summary.files), summary.rows_after_as_of, summary.as_of,
+        summary.rows_read,
+        len(summary.files),
+        summary.rows_after_as_of,
+        summary.as_of,
         schema_path(params, paths).relative_to(paths.root),
     )
     for name, reason in summary.dropped_columns.items():

@@ -17,11 +17,11 @@ from dataprep.split import split_rows
 from dataprep.stats import apply_missing_policy, fit_missing_fills, fit_preprocessing_stats
 from dataprep.validate import PROVENANCE, ValidationResult, quarantine_invalid_rows
 from loopline.atomic import StagedOutputs, write_json
-from loopline.stage import run_stage
 from loopline.config import Params, load_dataset_schema, load_params
 from loopline.errors import DataError
 from loopline.paths import SPLITS, ProjectPaths
 from loopline.schema import FeatureSchema
+from loopline.stage import run_stage
 
 log = logging.getLogger(__name__)
 EXAMPLE_ROWS = 5
@@ -81,7 +81,9 @@ def refuse_unusable_batches(raw: pd.DataFrame, checked: ValidationResult, max_in
     per_file_all = raw["_source_file"].value_counts()
     for file, n_bad in per_file_bad.items():
         if n_bad == per_file_all[file]:
-            raise DataError(f"{file}: all {n_bad} rows of this file are invalid; {_describe(bad[bad['_source_file'] == file])}")
+            raise DataError(
+                f"{file}: all {n_bad} rows of this file are invalid; {_describe(bad[bad['_source_file'] == file])}"
+            )
     share = len(bad) / len(raw)
     if share > max_invalid_share:
         raise DataError(
@@ -124,7 +126,12 @@ def run_prepare(paths: ProjectPaths | None = None) -> PreparedData:
     rows = result.report["rows"]
     log.info(
         "%d rows: %d quarantined, %d duplicates dropped; train %d, val %d, test %d",
-        rows["raw"], rows["quarantined"], rows["duplicates_dropped"], rows["train"], rows["val"], rows["test"],
+        rows["raw"],
+        rows["quarantined"],
+        rows["duplicates_dropped"],
+        rows["train"],
+        rows["val"],
+        rows["test"],
     )
     if rows["quarantined"]:
         log.info("quarantined rows and their reasons: %s", paths.quarantine.relative_to(paths.root))

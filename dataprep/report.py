@@ -71,9 +71,16 @@ def quarantine_summary(quarantined: pd.DataFrame) -> dict[str, Any]:
 
 
 def _problem_kind(detail: str) -> str:
-    for marker in ("is not one of the categories", "is not a number", "is below the minimum",
-                   "is above the maximum", "is not a whole number", "is not a date/time",
-                   "missing value", "is not a finite number"):
+    for marker in (
+        "is not one of the categories",
+        "is not a number",
+        "is below the minimum",
+        "is above the maximum",
+        "is not a whole number",
+        "is not a date/time",
+        "missing value",
+        "is not a finite number",
+    ):
         if marker in detail:
             return marker.removeprefix("is ")
     return detail
@@ -116,8 +123,15 @@ def profile_column(values: pd.Series, kind: Kind) -> dict[str, Any]:
         q = x.quantile([0.01, 0.25, 0.5, 0.75, 0.99]).to_numpy()
         counts, edges = np.histogram(x, bins=HISTOGRAM_BINS)
         out.update(
-            min=float(x.min()), max=float(x.max()), mean=float(x.mean()), std=float(x.std(ddof=0)),
-            p01=float(q[0]), p25=float(q[1]), median=float(q[2]), p75=float(q[3]), p99=float(q[4]),
+            min=float(x.min()),
+            max=float(x.max()),
+            mean=float(x.mean()),
+            std=float(x.std(ddof=0)),
+            p01=float(q[0]),
+            p25=float(q[1]),
+            median=float(q[2]),
+            p75=float(q[3]),
+            p99=float(q[4]),
             zeros_share=round(float((x == 0).mean()), 6),
             histogram={"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
         )
@@ -133,11 +147,19 @@ def target_summary(y: pd.Series, schema: FeatureSchema) -> dict[str, Any]:
     if schema.task.is_classification:
         counts = y.value_counts()
         total = max(len(y), 1)
-        return {str(c): {"rows": int(counts.get(c, 0)), "share": round(float(counts.get(c, 0)) / total, 6)}
-                for c in schema.classes}
+        return {
+            str(c): {"rows": int(counts.get(c, 0)), "share": round(float(counts.get(c, 0)) / total, 6)}
+            for c in schema.classes
+        }
     x = y.astype("float64")
-    return {"mean": float(x.mean()), "std": float(x.std(ddof=0)), "median": float(x.median()),
-            "min": float(x.min()), "max": float(x.max()), "skew": float(x.skew())}
+    return {
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=0)),
+        "median": float(x.median()),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "skew": float(x.skew()),
+    }
 
 
 def metrics_of(report: dict[str, Any]) -> dict[str, Any]:
@@ -175,32 +197,41 @@ def render_html(report: dict[str, Any]) -> str:
         f"<p class='muted'>Task: {e(report['task'])}, target <code>{e(report['target'])}</code>. "
         "Written by Loopline's prepare stage.</p>",
         "<h2>Rows</h2>",
-        _table(["", "rows"], [
-            ["read from the sources", rows["raw"]],
-            ["quarantined (invalid)", rows["quarantined"]],
-            ["exact duplicates dropped", rows["duplicates_dropped"]],
-            ["dropped by missing-value policy", rows["missing_dropped"]],
-            ["prepared", rows["prepared"]],
-        ]),
+        _table(
+            ["", "rows"],
+            [
+                ["read from the sources", rows["raw"]],
+                ["quarantined (invalid)", rows["quarantined"]],
+                ["exact duplicates dropped", rows["duplicates_dropped"]],
+                ["dropped by missing-value policy", rows["missing_dropped"]],
+                ["prepared", rows["prepared"]],
+            ],
+        ),
         "<h3>Source files</h3>",
         _table(["file", "rows"], [[e(f), n] for f, n in report["files"].items()]),
     ]
     if report["dropped_columns"]:
-        parts += ["<h3>Columns dropped by the schema</h3>",
-                  _table(["column", "reason"], [[e(c), e(r)] for c, r in report["dropped_columns"].items()])]
+        parts += [
+            "<h3>Columns dropped by the schema</h3>",
+            _table(["column", "reason"], [[e(c), e(r)] for c, r in report["dropped_columns"].items()]),
+        ]
 
     q = report["quarantine"]
     parts.append(f"<h2>Quarantine: {q['rows']} rows</h2>")
     if q["rows"]:
-        parts += [_table(["problem", "rows"], [[e(p), n] for p, n in q["problems"].items()]),
-                  "<h3>First rows</h3>",
-                  _table(["file", "row", "reason"], [[e(x["file"]), x["row"], e(x["reason"])] for x in q["examples"]])]
+        parts += [
+            _table(["problem", "rows"], [[e(p), n] for p, n in q["problems"].items()]),
+            "<h3>First rows</h3>",
+            _table(["file", "row", "reason"], [[e(x["file"]), x["row"], e(x["reason"])] for x in q["examples"]]),
+        ]
     else:
         parts.append("<p>Every row passed validation.</p>")
 
     split = report["split"]
     parts.append(f"<h2>Split: by {e(split['method'])}</h2>")
-    heads = ["split", "rows", "from", "to"] + (["groups"] if any("groups" in v for v in split.values() if isinstance(v, dict)) else [])
+    heads = ["split", "rows", "from", "to"] + (
+        ["groups"] if any("groups" in v for v in split.values() if isinstance(v, dict)) else []
+    )
     split_rows = []
     for name in ("train", "val", "test"):
         s = split[name]
@@ -210,8 +241,10 @@ def render_html(report: dict[str, Any]) -> str:
         split_rows.append(row)
     parts.append(_table(heads, split_rows))
     if report["missing_fills"]:
-        parts += ["<h3>Missing values filled (values learned on train)</h3>",
-                  _table(["column", "fill"], [[e(c), e(repr(v))] for c, v in report["missing_fills"].items()])]
+        parts += [
+            "<h3>Missing values filled (values learned on train)</h3>",
+            _table(["column", "fill"], [[e(c), e(repr(v))] for c, v in report["missing_fills"].items()]),
+        ]
 
     parts.append("<h2>Target by split</h2>")
     parts.append(_target_table(report["target_by_split"], report["task"]))
@@ -226,8 +259,10 @@ def render_html(report: dict[str, Any]) -> str:
     col_rows = []
     for name, prof in report["columns"].items():
         if prof["kind"] == "numeric" and "histogram" in prof:
-            detail = (f"min {prof['min']:.4g} · median {prof['median']:.4g} · mean {prof['mean']:.4g} · "
-                      f"max {prof['max']:.4g} · std {prof['std']:.4g}" + _histogram(prof["histogram"]["counts"]))
+            detail = (
+                f"min {prof['min']:.4g} · median {prof['median']:.4g} · mean {prof['mean']:.4g} · "
+                f"max {prof['max']:.4g} · std {prof['std']:.4g}" + _histogram(prof["histogram"]["counts"])
+            )
         elif prof["kind"] == "categorical" and "top" in prof:
             detail = _bars(prof["top"])
         elif "min" in prof:
@@ -248,7 +283,9 @@ def _table(heads: list[str], rows: list[list[Any]], raw: bool = False) -> str:
         cells = []
         for cell in row:
             if isinstance(cell, (int, float)) and not isinstance(cell, bool):
-                cells.append(f"<td class='n'>{cell:,}</td>" if isinstance(cell, int) else f"<td class='n'>{cell:.4g}</td>")
+                cells.append(
+                    f"<td class='n'>{cell:,}</td>" if isinstance(cell, int) else f"<td class='n'>{cell:.4g}</td>"
+                )
             else:
                 cells.append(f"<td>{cell}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -276,5 +313,7 @@ def _target_table(by_split: dict[str, Any], task: str) -> str:
         return _table(heads, rows)
     classes = list(next(iter(by_split.values())).keys())
     heads = ["split"] + [f"class {html.escape(c)}" for c in classes]
-    rows = [[name] + [f"{s[c]['rows']:,} ({100 * s[c]['share']:.1f}%)" for c in classes] for name, s in by_split.items()]
+    rows = [
+        [name] + [f"{s[c]['rows']:,} ({100 * s[c]['share']:.1f}%)" for c in classes] for name, s in by_split.items()
+    ]
     return _table(heads, rows)

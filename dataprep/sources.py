@@ -130,8 +130,10 @@ def load_acs() -> pd.DataFrame:
     joined = analysis.merge(targets, on="id", how="left", validate="one_to_one")
     unmatched = int(joined["employed"].isna().sum())
     if unmatched:
-        raise DataError(f"{packaged_label(ACS_DIST, f'{ACS_DIR}/employment_MA_analysis_target.pq')}: {unmatched} "
-                        "analysis rows have no target")
+        raise DataError(
+            f"{packaged_label(ACS_DIST, f'{ACS_DIR}/employment_MA_analysis_target.pq')}: {unmatched} "
+            "analysis rows have no target"
+        )
     joined["employed"] = joined["employed"].astype(np.int64)
     df = pd.concat([reference, joined], ignore_index=True)
     return df.drop(columns=[c for c in ACS_DROP if c in df.columns])
@@ -139,10 +141,18 @@ def load_acs() -> pd.DataFrame:
 
 PENGUINS_DIST = "palmerpenguins"
 PENGUINS_CSV = "palmerpenguins/data/penguins-raw.csv"
-PENGUINS_COLUMNS = {"Individual ID": "individual", "Date Egg": "date_egg", "Island": "island",
-                    "Clutch Completion": "clutch_completion", "Culmen Length (mm)": "bill_length_mm",
-                    "Culmen Depth (mm)": "bill_depth_mm", "Flipper Length (mm)": "flipper_length_mm",
-                    "Body Mass (g)": "body_mass_g", "Sex": "sex", "Species": "species"}
+PENGUINS_COLUMNS = {
+    "Individual ID": "individual",
+    "Date Egg": "date_egg",
+    "Island": "island",
+    "Clutch Completion": "clutch_completion",
+    "Culmen Length (mm)": "bill_length_mm",
+    "Culmen Depth (mm)": "bill_depth_mm",
+    "Flipper Length (mm)": "flipper_length_mm",
+    "Body Mass (g)": "body_mass_g",
+    "Sex": "sex",
+    "Species": "species",
+}
 
 
 def load_penguins() -> pd.DataFrame:

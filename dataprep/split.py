@@ -36,7 +36,9 @@ def split_rows(df: pd.DataFrame, schema: FeatureSchema, params: SplitParams, see
     return split_randomly(df, params.val_fraction, params.test_fraction, seed)
 
 
-def split_by_time(df: pd.DataFrame, time_column: str, val_fraction: float, test_fraction: float) -> dict[str, pd.DataFrame]:
+def split_by_time(
+    df: pd.DataFrame, time_column: str, val_fraction: float, test_fraction: float
+) -> dict[str, pd.DataFrame]:
     ordered = df.sort_values(time_column, kind="mergesort").reset_index(drop=True)
     times = ordered[time_column].to_numpy()
     n = len(ordered)
@@ -70,8 +72,9 @@ def split_by_group(
     order = np.random.default_rng(seed).permutation(len(sizes))
     shuffled = sizes.iloc[order]
     cumulative = shuffled.cumsum().to_numpy() / len(df)
-    assignment = np.where(cumulative <= test_fraction, "test",
-                          np.where(cumulative <= test_fraction + val_fraction, "val", "train"))
+    assignment = np.where(
+        cumulative <= test_fraction, "test", np.where(cumulative <= test_fraction + val_fraction, "val", "train")
+    )
     # Every split gets at least one group, even when one group is larger than a split's share.
     assignment[0], assignment[-1] = "test", "train"
     if "val" not in assignment:
@@ -87,5 +90,5 @@ def split_randomly(df: pd.DataFrame, val_fraction: float, test_fraction: float, 
     n_val = max(1, round(len(df) * val_fraction))
     if len(df) - n_test - n_val < 1:
         raise DataError(f"cannot split {len(df)} rows into train, validation and test")
-    parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
     return {name: df.iloc[np.sort(parts[name])].reset_index(drop=True) for name in SPLIT_NAMES}

@@ -110,5 +110,3 @@ def _target_stats(train: pd.DataFrame, schema: FeatureSchema) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
-
-

@@ -72,9 +72,16 @@ def check_column(values: pd.Series, col: Column) -> _ColumnCheck:
         check = _check_categorical(values, col, present)
     elif col.kind is Kind.DATETIME:
         typed = parse_datetimes(values)
-        check = _ColumnCheck(typed, [(present & typed.isna().to_numpy(),
-                                      "{v} is not an ISO 8601 date/time (e.g. 2012-12-31 23:00 or 2012-12-31T23:00:00Z)",
-                                      False)])
+        check = _ColumnCheck(
+            typed,
+            [
+                (
+                    present & typed.isna().to_numpy(),
+                    "{v} is not an ISO 8601 date/time (e.g. 2012-12-31 23:00 or 2012-12-31T23:00:00Z)",
+                    False,
+                )
+            ],
+        )
     else:
         check = _ColumnCheck(values, [])
     if not col.nullable:
@@ -113,8 +120,10 @@ def _check_numeric(values: pd.Series, col: Column, present: np.ndarray) -> _Colu
     typed = pd.to_numeric(values, errors="coerce").astype("float64")
     num = typed.to_numpy()
     parsed = ~np.isnan(num)
-    failures = [(booleans, "{v} is a boolean, not a number", False),
-                (present & ~parsed & ~booleans, "{v} is not a number", False)]
+    failures = [
+        (booleans, "{v} is a boolean, not a number", False),
+        (present & ~parsed & ~booleans, "{v} is not a number", False),
+    ]
     finite = np.isfinite(num)
     failures.append((parsed & ~finite, "{v} is not a finite number", True))
     with np.errstate(invalid="ignore"):

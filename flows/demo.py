@@ -63,8 +63,10 @@ def scratch_project(dest: Path, train_until: str, cooldown_hours: float) -> Path
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, dest / name)
-    update_params_file(dest / "params.yaml", {"data.source": "bike", "data.as_of": train_until,
-                                               "monitor.alerts.cooldown_hours": cooldown_hours})
+    update_params_file(
+        dest / "params.yaml",
+        {"data.source": "bike", "data.as_of": train_until, "monitor.alerts.cooldown_hours": cooldown_hours},
+    )
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=dest, check=True)
     return dest
 
@@ -75,8 +77,9 @@ class Client:
 
     def call(self, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data,
-                                         headers={"content-type": "application/json", **(headers or {})})
+        request = urllib.request.Request(
+            self.base + path, data=data, headers={"content-type": "application/json", **(headers or {})}
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, json.loads(response.read())
@@ -100,13 +103,30 @@ def start_service(project: Path, log: Path) -> tuple[subprocess.Popen, Client]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "LOOPLINE_ROOT": str(project), "LOOPLINE_REQUEST_LOG_FLUSH_SECONDS": "0.3",
-           "LOOPLINE_SWAP_POLL_SECONDS": "0.3"}
+    env = {
+        **os.environ,
+        "LOOPLINE_ROOT": str(project),
+        "LOOPLINE_REQUEST_LOG_FLUSH_SECONDS": "0.3",
+        "LOOPLINE_SWAP_POLL_SECONDS": "0.3",
+    }
     for variable in ("LOOPLINE_REQUEST_LOG", "LOOPLINE_GROUND_TRUTH", "LOOPLINE_MODEL_TAG"):
         env.pop(variable, None)
-    process = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:Predictor",
-                                "--host", "127.0.0.1", "--port", str(port)], cwd=project, env=env,
-                               stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            "serving.service:Predictor",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=project,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     client = Client(f"http://127.0.0.1:{port}")
     try:
         client.wait_for()
@@ -154,8 +174,9 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     labels_due: list[tuple[pd.Timestamp, str, list[int]]] = []
     timings: list[dict[str, Any]] = []
     try:
-        for index, (week_start, week_rows) in enumerate(data.groupby(pd.Grouper(key="timestamp", freq="7D",
-                                                                               origin=begin))):
+        for index, (week_start, week_rows) in enumerate(
+            data.groupby(pd.Grouper(key="timestamp", freq="7D", origin=begin))
+        ):
             week = Week(index, week_start, rows=len(week_rows))
             weeks.append(week)
             real_start, onset = datetime.now(timezone.utc), time.monotonic()
@@ -165,22 +186,34 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
                 status, body = client.call("/predict", {"records": records}, {"x-request-id": request_id})
                 if status != 200:
                     raise RuntimeError(f"replay of {day}: HTTP {status}: {body}")
-                served.append(day_rows.assign(prediction=body["predictions"], served_by=body["model_version"],
-                                              week=index))
+                served.append(
+                    day_rows.assign(prediction=body["predictions"], served_by=body["model_version"], week=index)
+                )
                 week.served_versions.add(body["model_version"])
-                labels_due.append((pd.Timestamp(day) + pd.Timedelta(days=args.label_delay_days), request_id,
-                                   day_rows["cnt"].astype(int).tolist()))
+                labels_due.append(
+                    (
+                        pd.Timestamp(day) + pd.Timedelta(days=args.label_delay_days),
+                        request_id,
+                        day_rows["cnt"].astype(int).tolist(),
+                    )
+                )
                 now_sim = pd.Timestamp(day) + pd.Timedelta(days=1)
                 while labels_due and labels_due[0][0] <= now_sim:  # labels that have arrived by the day's end
                     _, rid, truth = labels_due.pop(0)
-                    client.call("/feedback", {"labels": [{"request_id": rid, "record": i, "value": v}
-                                                         for i, v in enumerate(truth)]})
+                    client.call(
+                        "/feedback",
+                        {"labels": [{"request_id": rid, "record": i, "value": v} for i, v in enumerate(truth)]},
+                    )
             time.sleep(1.0)  # the request log flushes every 0.3 s
             real_end = datetime.now(timezone.utc)
             sim_end = week_start + pd.Timedelta(days=7)
             before = json.loads((paths.root / "registry" / "production.json").read_text())["version"]
-            outcome = monitoring(start=real_start, end=real_end, now=sim_end.tz_localize("UTC").to_pydatetime(),
-                                 retrain_as_of=str((sim_end - pd.Timedelta(days=1)).date()))
+            outcome = monitoring(
+                start=real_start,
+                end=real_end,
+                now=sim_end.tz_localize("UTC").to_pydatetime(),
+                retrain_as_of=str((sim_end - pd.Timedelta(days=1)).date()),
+            )
             week.verdict = outcome["verdict"]
             if outcome["alerted"]:
                 week.events.append("alert")
@@ -190,20 +223,33 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
                     promoted_at = time.monotonic()
                     client.wait_for(trained["version"])
                     week.events.append(f"promoted {trained['version'][:8]}")
-                    timings.append({"week": index, "onset_to_new_model_s": round(time.monotonic() - onset, 1),
-                                    "promotion_to_serving_s": round(time.monotonic() - promoted_at, 2)})
+                    timings.append(
+                        {
+                            "week": index,
+                            "onset_to_new_model_s": round(time.monotonic() - onset, 1),
+                            "promotion_to_serving_s": round(time.monotonic() - promoted_at, 2),
+                        }
+                    )
                 else:
                     week.events.append(f"rejected {trained['version'][:8]}")
-            print(f"[{time.monotonic() - clock:5.0f} s] week {index} from {week_start.date()}: {week.verdict}"
-                  f"{' - ' + ', '.join(week.events) if week.events else ''} (production was {before[:8]})")
+            print(
+                f"[{time.monotonic() - clock:5.0f} s] week {index} from {week_start.date()}: {week.verdict}"
+                f"{' - ' + ', '.join(week.events) if week.events else ''} (production was {before[:8]})"
+            )
     finally:
         server.terminate()
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-    return {"project": project, "initial": initial, "served": pd.concat(served), "weeks": weeks,
-            "timings": timings, "seconds": time.monotonic() - clock}
+    return {
+        "project": project,
+        "initial": initial,
+        "served": pd.concat(served),
+        "weeks": weeks,
+        "timings": timings,
+        "seconds": time.monotonic() - clock,
+    }
 
 
 def frozen_predictions(project: Path, version: str, rows: pd.DataFrame) -> np.ndarray:
@@ -224,17 +270,27 @@ def report(run: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
         week.mae_loop = float(np.mean(np.abs(rows["prediction"] - rows["cnt"])))
         week.mae_frozen = float(np.mean(np.abs(rows["frozen"] - rows["cnt"])))
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["| week | from | rows | served by | MAE with the loop | MAE frozen | check | events |",
-             "|---:|---|---:|---|---:|---:|---|---|"]
+    lines = [
+        "| week | from | rows | served by | MAE with the loop | MAE frozen | check | events |",
+        "|---:|---|---:|---|---:|---:|---|---|",
+    ]
     for w in run["weeks"]:
-        lines.append(f"| {w.index} | {w.start.date()} | {w.rows} | {', '.join(sorted(v[:8] for v in w.served_versions))} "
-                     f"| {w.mae_loop:.1f} | {w.mae_frozen:.1f} | {w.verdict} | {', '.join(w.events)} |")
+        lines.append(
+            f"| {w.index} | {w.start.date()} | {w.rows} | {', '.join(sorted(v[:8] for v in w.served_versions))} "
+            f"| {w.mae_loop:.1f} | {w.mae_frozen:.1f} | {w.verdict} | {', '.join(w.events)} |"
+        )
     loop, frozen = (float(np.mean(np.abs(served[c] - served["cnt"]))) for c in ("prediction", "frozen"))
-    lines += ["", f"Over all {len(served)} replayed hours: MAE {loop:.1f} with the loop, {frozen:.1f} with the first "
-              f"model frozen ({(loop - frozen) / frozen:+.0%}).", ""]
+    lines += [
+        "",
+        f"Over all {len(served)} replayed hours: MAE {loop:.1f} with the loop, {frozen:.1f} with the first "
+        f"model frozen ({(loop - frozen) / frozen:+.0%}).",
+        "",
+    ]
     for t in run["timings"]:
-        lines.append(f"- week {t['week']}: from the first drifting request to the new model answering "
-                     f"{t['onset_to_new_model_s']} s (swap after promotion {t['promotion_to_serving_s']} s)")
+        lines.append(
+            f"- week {t['week']}: from the first drifting request to the new model answering "
+            f"{t['onset_to_new_model_s']} s (swap after promotion {t['promotion_to_serving_s']} s)"
+        )
     lines.append(f"\nDemo wall time: {run['seconds']:.0f} s.")
     table = out_dir / "timeline.md"
     table.write_text("\n".join(lines) + "\n")
@@ -247,8 +303,9 @@ def report(run: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     starts = [w.start for w in run["weeks"]]
     ax.plot(starts, [w.mae_frozen for w in run["weeks"]], marker="o", label="first model, frozen", color="tab:gray")
-    ax.plot(starts, [w.mae_loop for w in run["weeks"]], marker="o", label="with monitoring and retraining",
-            color="tab:blue")
+    ax.plot(
+        starts, [w.mae_loop for w in run["weeks"]], marker="o", label="with monitoring and retraining", color="tab:blue"
+    )
     for w in run["weeks"]:
         end = w.start + pd.Timedelta(days=7)
         if "alert" in w.events:

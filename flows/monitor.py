@@ -53,16 +53,25 @@ def start_training(as_of: str | None) -> dict[str, Any]:
                     result = run.state.result()
                 except Exception as exc:
                     print(f"training run {run.id} completed; its result is not readable here: {exc}")
-            return {"via": "deployment", "flow_run": str(run.id), "state": run.state.name if run.state else None,
-                    **(result if isinstance(result, dict) else {})}
+            return {
+                "via": "deployment",
+                "flow_run": str(run.id),
+                "state": run.state.name if run.state else None,
+                **(result if isinstance(result, dict) else {}),
+            }
     from flows.training import training
 
     return {"via": "subflow", **training(**parameters)}
 
 
 @flow(name="monitoring", log_prints=True)
-def monitoring(hours: float | None = None, start: datetime | None = None, end: datetime | None = None,
-               now: datetime | None = None, retrain_as_of: str | None = None) -> dict[str, Any]:
+def monitoring(
+    hours: float | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    now: datetime | None = None,
+    retrain_as_of: str | None = None,
+) -> dict[str, Any]:
     """Check [start, end) (default: the last `monitor.window_hours`), alert, retrain on a new incident.
     `now` and `retrain_as_of` let a replay run in its own time; by default the wall clock and all data."""
     from loopline.config import load_params

@@ -31,9 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     use_project_state()
     cron = (lambda c: None) if args.no_schedules else (lambda c: c)
-    serve(monitoring.to_deployment(name="monitoring", cron=cron(args.monitoring_cron)),
-          training.to_deployment(name="training", cron=cron(args.training_cron)),
-          tuning.to_deployment(name="tuning", cron=cron(args.tuning_cron) if args.tuning_cron else None))
+    serve(
+        monitoring.to_deployment(name="monitoring", cron=cron(args.monitoring_cron)),
+        training.to_deployment(name="training", cron=cron(args.training_cron)),
+        tuning.to_deployment(name="tuning", cron=cron(args.tuning_cron) if args.tuning_cron else None),
+    )
     return 0
 
 

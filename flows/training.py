@@ -40,8 +40,13 @@ def repro_stage(root: Path, stage: str) -> str:
     import os
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage], cwd=root,
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise StageFailed(stage, proc.stdout + proc.stderr)
     return proc.stdout
@@ -76,30 +81,45 @@ def gate_and_promote(paths: ProjectPaths) -> dict[str, Any]:
 
     registry = Registry.for_project(paths.root)
     version, report, _ = register_candidate(paths, registry)
-    outcome: dict[str, Any] = {"version": version.id, "gate_passed": report.passed, "gate": report.to_dict(),
-                               "gate_summary": report.summary(), "metrics": version.metadata["metrics"]["model"],
-                               "production_before": registry.production()}
+    outcome: dict[str, Any] = {
+        "version": version.id,
+        "gate_passed": report.passed,
+        "gate": report.to_dict(),
+        "gate_summary": report.summary(),
+        "metrics": version.metadata["metrics"]["model"],
+        "production_before": registry.production(),
+    }
     if not report.passed:
         return {**outcome, "promoted": False, "reason": "the candidate did not pass the gate"}
     try:
         result = promote(paths, registry, version.id)
     except PromotionRefused as exc:
         return {**outcome, "promoted": False, "reason": str(exc)}
-    return {**outcome, "promoted": result["changed"],
-            "reason": "promoted" if result["changed"] else "already the production model"}
+    return {
+        **outcome,
+        "promoted": result["changed"],
+        "reason": "promoted" if result["changed"] else "already the production model",
+    }
 
 
 def report_markdown(outcome: dict[str, Any]) -> str:
-    lines = [f"# Training run: candidate {outcome['version']}", "",
-             f"**{'Promoted' if outcome['promoted'] else 'Not promoted'}**: {outcome['reason']}.", "",
-             "| metric | value |", "|---|---:|"]
+    lines = [
+        f"# Training run: candidate {outcome['version']}",
+        "",
+        f"**{'Promoted' if outcome['promoted'] else 'Not promoted'}**: {outcome['reason']}.",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+    ]
     lines += [f"| {k} | {v:.4g} |" for k, v in outcome["metrics"].items()]
     lines += ["", "## Gate", "", "| rule | value | needed | passed | detail |", "|---|---:|---|---|---|"]
     for rule in outcome["gate"].get("rules", []):
         value = f"{rule['value']:.4g}" if isinstance(rule.get("value"), (int, float)) else rule.get("value")
         detail = str(rule.get("detail", "")).replace("|", "/")
-        lines.append(f"| {rule['name']} | {value} | {rule.get('threshold', '')} | "
-                     f"{'yes' if rule['passed'] else 'NO'} | {detail} |")
+        lines.append(
+            f"| {rule['name']} | {value} | {rule.get('threshold', '')} | "
+            f"{'yes' if rule['passed'] else 'NO'} | {detail} |"
+        )
     return "\n".join(lines)
 
 
@@ -108,9 +128,13 @@ def _alert_failure(flow: Any, flow_run: Any, state: Any) -> None:
 
     paths = ProjectPaths.here()
     alerts = alert_params(paths)
-    queue_alert(paths, alerts, f"training run {flow_run.name} failed",
-                f"The training flow run {flow_run.name} failed: {state.message}\n\nThe production model is unchanged; "
-                "each stage's last good outputs are kept.")
+    queue_alert(
+        paths,
+        alerts,
+        f"training run {flow_run.name} failed",
+        f"The training flow run {flow_run.name} failed: {state.message}\n\nThe production model is unchanged; "
+        "each stage's last good outputs are kept.",
+    )
     deliver(paths, alerts)
 
 
@@ -124,16 +148,21 @@ def training(as_of: str | None = None, keep_as_of: bool = True) -> dict[str, Any
     for stage in STAGES:
         stage_task(str(paths.root), stage)
     outcome = gate_and_promote(paths)
-    create_markdown_artifact(report_markdown(outcome), key="training-report",
-                             description=f"candidate {outcome['version']}")
+    create_markdown_artifact(
+        report_markdown(outcome), key="training-report", description=f"candidate {outcome['version']}"
+    )
     print(("promoted " if outcome["promoted"] else "not promoted ") + f"{outcome['version']}: {outcome['reason']}")
     if not outcome["promoted"] and not outcome["gate_passed"]:
         from monitoring.check import alert_params, deliver, queue_alert
 
         alerts = alert_params(paths)
-        queue_alert(paths, alerts, f"candidate {outcome['version']} rejected by the gate",
-                    f"The retrained candidate {outcome['version']} did not pass the gate, so production stays "
-                    f"{outcome['production_before']}.\n\n{outcome['gate_summary']}")
+        queue_alert(
+            paths,
+            alerts,
+            f"candidate {outcome['version']} rejected by the gate",
+            f"The retrained candidate {outcome['version']} did not pass the gate, so production stays "
+            f"{outcome['production_before']}.\n\n{outcome['gate_summary']}",
+        )
         deliver(paths, alerts)
     return outcome
 

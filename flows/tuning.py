@@ -27,16 +27,22 @@ from loopline.paths import ProjectPaths
 def search(root: str, n_trials: int | None, timeout_minutes: float | None, workers: int) -> dict[str, Any]:
     from models.tune import tune
 
-    return tune(ProjectPaths(Path(root)), n_trials=n_trials, timeout_minutes=timeout_minutes,
-                workers=workers).to_dict()
+    return tune(ProjectPaths(Path(root)), n_trials=n_trials, timeout_minutes=timeout_minutes, workers=workers).to_dict()
 
 
 def search_markdown(summary: dict[str, Any]) -> str:
-    lines = [f"# Hyperparameter search: study {summary['study']}", "",
-             f"Sampler {summary['sampler']}, pruner {summary['pruner']}; trials: "
-             + ", ".join(f"{n} {state}" for state, n in summary["trials"].items()) + ".", "",
-             f"**Best: trial {summary['best_trial']}**, validation loss {summary['best_value']:.5g}.", "",
-             "| setting | value |", "|---|---|"]
+    lines = [
+        f"# Hyperparameter search: study {summary['study']}",
+        "",
+        f"Sampler {summary['sampler']}, pruner {summary['pruner']}; trials: "
+        + ", ".join(f"{n} {state}" for state, n in summary["trials"].items())
+        + ".",
+        "",
+        f"**Best: trial {summary['best_trial']}**, validation loss {summary['best_value']:.5g}.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in summary["best_overrides"].items()]
     if summary["best_val_metrics"]:
         lines += ["", "| validation metric | value |", "|---|---:|"]
@@ -47,8 +53,9 @@ def search_markdown(summary: dict[str, Any]) -> str:
 
 
 @flow(name="tuning", log_prints=True, persist_result=True)
-def tuning(n_trials: int | None = None, timeout_minutes: float | None = None, workers: int = 1,
-           train: bool = True) -> dict[str, Any]:
+def tuning(
+    n_trials: int | None = None, timeout_minutes: float | None = None, workers: int = 1, train: bool = True
+) -> dict[str, Any]:
     """Search, write tuned.yaml, then (by default) train, gate and promote the winner."""
     paths = ProjectPaths.here()
     use_project_state(paths)
@@ -68,12 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-train", action="store_true", help="stop after writing tuned.yaml")
     args = parser.parse_args(argv)
-    result = tuning(n_trials=args.trials, timeout_minutes=args.timeout_minutes, workers=args.workers,
-                    train=not args.no_train)
+    result = tuning(
+        n_trials=args.trials, timeout_minutes=args.timeout_minutes, workers=args.workers, train=not args.no_train
+    )
     training_outcome = result["training"]
-    print(json.dumps({"search": result["search"],
-                      "training": {k: v for k, v in (training_outcome or {}).items() if k != "gate"}}, indent=2,
-                     default=str))
+    print(
+        json.dumps(
+            {
+                "search": result["search"],
+                "training": {k: v for k, v in (training_outcome or {}).items() if k != "gate"},
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return 0 if training_outcome is None or training_outcome["promoted"] or training_outcome["gate_passed"] else 1
 
 

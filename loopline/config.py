@@ -283,7 +283,9 @@ class GateParams(_Section):
     def _known_metrics(cls, names: Any) -> Any:
         for name in names:
             if name not in ALL_METRICS:
-                raise ValueError(f"unknown metric {name!r}{_closest(name, ALL_METRICS)}; the metrics are {list(ALL_METRICS)}")
+                raise ValueError(
+                    f"unknown metric {name!r}{_closest(name, ALL_METRICS)}; the metrics are {list(ALL_METRICS)}"
+                )
         return names
 
 

@@ -48,8 +48,9 @@ def encode_features(frame: pd.DataFrame, schema: FeatureSchema) -> EncodedFeatur
 def numeric_fill_values(schema: FeatureSchema) -> np.ndarray:
     """Per numeric feature, the value its nulls become (NaN: kept as missing)."""
     fills = schema.learned_fills
-    return np.array([float(fills[c.name]) if c.name in fills else np.nan for c in schema.numeric_features],
-                    dtype=np.float32)
+    return np.array(
+        [float(fills[c.name]) if c.name in fills else np.nan for c in schema.numeric_features], dtype=np.float32
+    )
 
 
 def category_indexes(schema: FeatureSchema) -> list[dict[object, int]]:

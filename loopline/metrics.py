@@ -63,7 +63,11 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]
         auc = skm.roc_auc_score(y, proba) if both else float("nan")
         pr_auc = skm.average_precision_score(y, proba) if both else float("nan")
     else:
-        auc = skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels) if len(np.unique(y)) == len(labels) else float("nan")
+        auc = (
+            skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels)
+            if len(np.unique(y)) == len(labels)
+            else float("nan")
+        )
         onehot = np.eye(len(labels))[y]
         pr_auc = skm.average_precision_score(onehot, proba, average="macro") if both else float("nan")
     averaged = {
@@ -85,9 +89,12 @@ def per_class_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> d
     proba2 = _two_columns(proba)
     labels = np.arange(proba2.shape[1])
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y, proba2.argmax(axis=1), labels=labels, zero_division=0)
-    return {cls: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
-            for cls, p, r, f, n in zip(classes, precision, recall, f1, support)}
+        y, proba2.argmax(axis=1), labels=labels, zero_division=0
+    )
+    return {
+        cls: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for cls, p, r, f, n in zip(classes, precision, recall, f1, support)
+    }
 
 
 def confusion(y: np.ndarray, proba: np.ndarray) -> list[list[int]]:
@@ -110,14 +117,18 @@ def slice_labels(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].astype(object).where(frame[column].notna(), MISSING_SLICE).astype(str)
 
 
-def metrics_by_slice(frame: pd.DataFrame, y: np.ndarray, pred: np.ndarray, task: str, columns: list[str],
-                     min_rows: int) -> dict[str, dict[str, dict[str, Any]]]:
+def metrics_by_slice(
+    frame: pd.DataFrame, y: np.ndarray, pred: np.ndarray, task: str, columns: list[str], min_rows: int
+) -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for column in columns:
         labels = slice_labels(frame, column).to_numpy()
         out[column] = {}
         for value in sorted(set(labels)):
             mask = labels == value
-            out[column][value] = {"rows": int(mask.sum()), "judged": bool(mask.sum() >= min_rows),
-                                  **task_metrics(task, y[mask], pred[mask])}
+            out[column][value] = {
+                "rows": int(mask.sum()),
+                "judged": bool(mask.sum() >= min_rows),
+                **task_metrics(task, y[mask], pred[mask]),
+            }
     return out

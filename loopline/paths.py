@@ -17,8 +17,23 @@ MODEL_FILES = {
 }
 """The trained model's directory (artifacts/model): PyTorch weights, network spec, the frozen schema, the
 preprocessing statistics and the training record."""
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "tuned.yaml", "schemas", "loopline", "dataprep", "models", "release",
-                 "serving", "monitoring", "flows", "tools", "bentofile.yaml", ".dvcignore", "data/external")
+PROJECT_FILES = (
+    "dvc.yaml",
+    "params.yaml",
+    "tuned.yaml",
+    "schemas",
+    "loopline",
+    "dataprep",
+    "models",
+    "release",
+    "serving",
+    "monitoring",
+    "flows",
+    "tools",
+    "bentofile.yaml",
+    ".dvcignore",
+    "data/external",
+)
 """What a copy of the project needs to run its pipeline, service and flows elsewhere (the demo's scratch
 project, the tests' temporary ones): the map, the knobs, the schemas, the code and the user's sources."""
 

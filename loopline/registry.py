@@ -75,8 +75,10 @@ def verify_model_file(path: Path, version_id: str, recorded_sha256: str | None =
     actual = sha256_file(path)
     expected = recorded_sha256 or version_id
     if not actual.startswith(version_id) or (recorded_sha256 and actual != recorded_sha256):
-        raise RegistryError(f"{path}: SHA-256 {actual} does not match version {version_id} (expected "
-                            f"{expected}{'' if recorded_sha256 else '...'}): the file was altered")
+        raise RegistryError(
+            f"{path}: SHA-256 {actual} does not match version {version_id} (expected "
+            f"{expected}{'' if recorded_sha256 else '...'}): the file was altered"
+        )
 
 
 def now() -> str:
@@ -112,7 +114,9 @@ class Registry:
         return cls(Settings.from_env().registry or Path(project_root) / "registry")
 
     # ------------------------------------------------------------------------------------ versions
-    def register(self, onnx_file: Path, files: dict[str, Path], metadata: dict[str, Any], card: str) -> tuple[Version, bool]:
+    def register(
+        self, onnx_file: Path, files: dict[str, Path], metadata: dict[str, Any], card: str
+    ) -> tuple[Version, bool]:
         """Add a version (or find the identical one); returns (version, created)."""
         sha = sha256_file(onnx_file)
         version_id = sha[:VERSION_DIGITS]
@@ -140,12 +144,17 @@ class Registry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._event({"event": "registered", "version": version_id, "gate_passed": metadata.get("gate", {}).get("passed")})
+        self._event(
+            {"event": "registered", "version": version_id, "gate_passed": metadata.get("gate", {}).get("passed")}
+        )
         return Version(version_id, final), True
 
     def get(self, version_id: str) -> Version:
-        matches = [p for p in self.versions_dir.glob(f"{version_id}*") if p.is_dir() and not p.name.startswith(".")] \
-            if self.versions_dir.is_dir() and version_id else []
+        matches = (
+            [p for p in self.versions_dir.glob(f"{version_id}*") if p.is_dir() and not p.name.startswith(".")]
+            if self.versions_dir.is_dir() and version_id
+            else []
+        )
         if not matches:
             raise RegistryError(f"no model version {version_id!r} in {self.versions_dir}")
         if len(matches) > 1:

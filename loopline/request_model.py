@@ -17,7 +17,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from loopline.schema import Column, FeatureSchema, Kind, MissingPolicy
 
-
 MAX_REQUEST_ID_LENGTH = 200
 """An X-Request-ID (echoed, logged with every record, and named again by the labels posted to /feedback)."""
 
@@ -65,9 +64,17 @@ def record_model(schema: FeatureSchema) -> type[BaseModel]:
 def request_model(schema: FeatureSchema, max_records: int) -> type[BaseModel]:
     record = record_model(schema)
     return create_model(
-        f"{_identifier(schema.name)}_request", __config__=ConfigDict(extra="forbid"),
-        records=(list[record], Field(..., min_length=1, max_length=max_records,  # type: ignore[valid-type]
-                                     description=f"1 to {max_records} records of raw feature values")),
+        f"{_identifier(schema.name)}_request",
+        __config__=ConfigDict(extra="forbid"),
+        records=(
+            list[record],
+            Field(
+                ...,
+                min_length=1,
+                max_length=max_records,  # type: ignore[valid-type]
+                description=f"1 to {max_records} records of raw feature values",
+            ),
+        ),
     )
 
 
@@ -75,9 +82,12 @@ def label_model(schema: FeatureSchema) -> type[BaseModel]:
     """Ground truth that arrives later for a served record: its request id, its index in that request,
     and the true target value (typed and bounded like the target column)."""
     return create_model(
-        f"{_identifier(schema.name)}_label", __config__=ConfigDict(extra="forbid"),
-        request_id=(str, Field(..., min_length=1, max_length=MAX_REQUEST_ID_LENGTH,
-                               description="the X-Request-ID of the request")),
+        f"{_identifier(schema.name)}_label",
+        __config__=ConfigDict(extra="forbid"),
+        request_id=(
+            str,
+            Field(..., min_length=1, max_length=MAX_REQUEST_ID_LENGTH, description="the X-Request-ID of the request"),
+        ),
         record=(int, Field(0, ge=0, strict=True, description="the record's index in that request")),
         value=(_field_type(schema.target_column), Field(..., description=f"the true {schema.target}")),
     )
@@ -91,8 +101,14 @@ def response_model(schema: FeatureSchema) -> type[BaseModel]:
         "request_id": (str, Field(..., description="the X-Request-ID sent, or one made for the request")),
     }
     if schema.task.is_classification:
-        fields["predictions"] = (list[Literal[tuple(schema.classes)]], Field(..., description="the predicted class per record"))  # type: ignore[misc]
-        fields["probabilities"] = (list[dict[str, float]], Field(..., description="each class's probability per record"))
+        fields["predictions"] = (
+            list[Literal[tuple(schema.classes)]],
+            Field(..., description="the predicted class per record"),
+        )  # type: ignore[misc]
+        fields["probabilities"] = (
+            list[dict[str, float]],
+            Field(..., description="each class's probability per record"),
+        )
     else:
         fields["predictions"] = (list[float], Field(..., description=f"the predicted {schema.target} per record"))
     return create_model(f"{_identifier(schema.name)}_prediction", **fields)
@@ -119,8 +135,11 @@ def describe_errors(errors: ValidationError | Sequence[Mapping[str, Any]]) -> li
             problem = "missing: the column takes no null, so the field is required" if in_record else "missing"
         elif kind == "literal_error":
             allowed = problem.removeprefix("Input should be ")
-            problem = (f"{err['input']!r} is not one of the categories: {allowed}" if "input" in err
-                       else f"not one of the categories: {allowed}")
+            problem = (
+                f"{err['input']!r} is not one of the categories: {allowed}"
+                if "input" in err
+                else f"not one of the categories: {allowed}"
+            )
         elif kind == "json_invalid":
             problem = f"the body is not valid JSON ({err.get('ctx', {}).get('error', problem)})"
         elif kind == "model_type" and not loc:

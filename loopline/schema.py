@@ -161,8 +161,16 @@ def schema_from_dict(raw: Any, *, source: str = "<schema>") -> FeatureSchema:
     if not isinstance(raw, dict):
         raise where.error("", "the file must hold a mapping with 'name', 'task', 'target' and 'columns'")
     known = {
-        "name", "description", "task", "target", "time_column", "group_column",
-        "rows_independent", "drop_columns", "columns", "learned_fills",
+        "name",
+        "description",
+        "task",
+        "target",
+        "time_column",
+        "group_column",
+        "rows_independent",
+        "drop_columns",
+        "columns",
+        "learned_fills",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -308,8 +316,9 @@ def _check_consistency(schema: FeatureSchema, where: _Where) -> None:
     if schema.task.is_classification:
         if target.kind is not Kind.CATEGORICAL:
             raise where.error(
-                "task", f"{schema.task.value} needs a categorical target with its classes listed; "
-                f"{target.name!r} is {target.kind.value}"
+                "task",
+                f"{schema.task.value} needs a categorical target with its classes listed; "
+                f"{target.name!r} is {target.kind.value}",
             )
         n = len(target.categories)
         if schema.task is Task.BINARY and n != 2:
@@ -349,7 +358,8 @@ def _check_consistency(schema: FeatureSchema, where: _Where) -> None:
                 f"columns.{col.name}.kind",
                 "a datetime column other than time_column cannot be a model input; derive numeric or "
                 "categorical features from it in the source (hour, weekday, days since ...), declare it "
-                "kind: id to keep it unused, or list it under drop_columns")
+                "kind: id to keep it unused, or list it under drop_columns",
+            )
     for name, value in schema.learned_fills.items():
         if name not in names or schema.column(name).missing in (MissingPolicy.KEEP, MissingPolicy.DROP):
             raise where.error(f"learned_fills.{name}", "names no column with a median, mean, mode or fill policy")

@@ -30,23 +30,40 @@ class Settings:
     # Where things live.
     root: Path | None = _setting(None, "The project root; default: the working directory (DVC runs stages from there).")
     registry: Path | None = _setting(None, "The model registry; default: `registry/` in the project.")
-    request_log: str | None = _setting(None, "Where the service logs served records (default `data/requests/`); `off` logs nothing.")
+    request_log: str | None = _setting(
+        None, "Where the service logs served records (default `data/requests/`); `off` logs nothing."
+    )
     ground_truth: Path | None = _setting(None, "Where labels posted to /feedback go; default: `data/ground_truth/`.")
     outbox: Path | None = _setting(None, "The alert outbox; default: `outbox/` in the project.")
     tune_storage: str | None = _setting(None, "The Optuna study database URL; overrides `tune.storage` in params.yaml.")
     # The HTTP service.
-    model_tag: str | None = _setting(None, "Serve this model from BentoML's store (`loopline:<version>`) instead of the registry's production one, and do not follow promotions.")
-    api_key: str | None = _setting(None, "When set, /predict and /feedback need `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
+    model_tag: str | None = _setting(
+        None,
+        "Serve this model from BentoML's store (`loopline:<version>`) instead of the registry's production one, and do not follow promotions.",
+    )
+    api_key: str | None = _setting(
+        None, "When set, /predict and /feedback need `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+    )
     max_records: int = _setting(1024, "The most records one request may carry.")
     max_body_bytes: int = _setting(4 * 2**20, "The largest request body, in bytes (413 above it).")
     workers: int = _setting(1, "Server processes, each with its own ONNX Runtime session.")
     ort_threads: int = _setting(0, "ONNX Runtime threads per session; 0: the cores shared out among the workers.")
-    access_log: bool = _setting(False, "BentoML's access log, a line per request (about 8% of throughput on small requests).")
-    request_log_flush_seconds: float = _setting(5.0, "How often the request log and the labels are written to Parquet (at most this much is lost in a crash).")
-    swap_poll_seconds: float = _setting(2.0, "How often the service looks at the production pointer to swap in a promoted model.")
+    access_log: bool = _setting(
+        False, "BentoML's access log, a line per request (about 8% of throughput on small requests)."
+    )
+    request_log_flush_seconds: float = _setting(
+        5.0, "How often the request log and the labels are written to Parquet (at most this much is lost in a crash)."
+    )
+    swap_poll_seconds: float = _setting(
+        2.0, "How often the service looks at the production pointer to swap in a promoted model."
+    )
     # Alert email.
-    smtp_block: str | None = _setting(None, "A Prefect `EmailServerCredentials` block to send alerts with (instead of the SMTP variables).")
-    smtp_host: str | None = _setting(None, "The SMTP server; unset: alerts are written as .eml files under `outbox/local/`.")
+    smtp_block: str | None = _setting(
+        None, "A Prefect `EmailServerCredentials` block to send alerts with (instead of the SMTP variables)."
+    )
+    smtp_host: str | None = _setting(
+        None, "The SMTP server; unset: alerts are written as .eml files under `outbox/local/`."
+    )
     smtp_port: int | None = _setting(None, "The SMTP port; default: 587 (starttls), 465 (ssl) or 25 (none).")
     smtp_security: str = _setting("starttls", "`starttls`, `ssl` or `none`.")
     smtp_user: str | None = _setting(None, "The SMTP login, if the server needs one.")
@@ -103,7 +120,9 @@ def markdown_table() -> str:
     """The README's table of environment variables."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for f in fields(Settings):
-        default = "" if f.default is None else f"`{str(f.default).lower() if isinstance(f.default, bool) else f.default}`"
+        default = (
+            "" if f.default is None else f"`{str(f.default).lower() if isinstance(f.default, bool) else f.default}`"
+        )
         rows.append(f"| `{variable(f.name)}` | {default} | {f.metadata['doc']} |")
     return "\n".join(rows) + "\n"
 

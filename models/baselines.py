@@ -22,12 +22,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from loopline.atomic import StagedOutputs, write_json
-from loopline.stage import run_stage
 from loopline.config import load_params
 from loopline.features import encode_features, encode_target
+from loopline.metrics import task_metrics
 from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema, load_schema
-from loopline.metrics import task_metrics
+from loopline.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,12 @@ def baseline_models(schema: FeatureSchema, seed: int) -> dict[str, Any]:
     n_num = len(schema.numeric_features)
     n_cat = len(schema.categorical_features)
     num_idx, cat_idx = list(range(n_num)), list(range(n_num, n_num + n_cat))
-    linear_features = ColumnTransformer([
-        ("numeric", make_pipeline(SimpleImputer(strategy="mean", add_indicator=True), StandardScaler()), num_idx),
-        ("categorical", OneHotEncoder(handle_unknown="ignore"), cat_idx),
-    ])
+    linear_features = ColumnTransformer(
+        [
+            ("numeric", make_pipeline(SimpleImputer(strategy="mean", add_indicator=True), StandardScaler()), num_idx),
+            ("categorical", OneHotEncoder(handle_unknown="ignore"), cat_idx),
+        ]
+    )
     is_cat = [False] * n_num + [True] * n_cat
     if schema.task.value == "regression":
         return {
@@ -87,13 +89,17 @@ def fit_baselines(train: pd.DataFrame, schema: FeatureSchema, seed: int) -> dict
     return fitted
 
 
-def score_baselines(fitted: dict[str, FittedBaseline], splits: dict[str, pd.DataFrame],
-                    schema: FeatureSchema) -> dict[str, dict[str, dict[str, float]]]:
+def score_baselines(
+    fitted: dict[str, FittedBaseline], splits: dict[str, pd.DataFrame], schema: FeatureSchema
+) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, baseline in fitted.items():
-        out[name] = {split: task_metrics(schema.task.value, encode_target(splits[split], schema),
-                                         baseline.predict(splits[split], schema))
-                     for split in ("val", "test")}
+        out[name] = {
+            split: task_metrics(
+                schema.task.value, encode_target(splits[split], schema), baseline.predict(splits[split], schema)
+            )
+            for split in ("val", "test")
+        }
         log.info("%s: %s", name, out[name]["test"])
     return out
 

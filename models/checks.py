@@ -75,7 +75,9 @@ def check_loss_at_init(model: TabularNet, data: Batch, cfg: ChecksParams) -> Che
     what = "predicting the target mean" if model.spec.task == "regression" else "predicting the class prior"
     detail = f"loss {loss:.4f} at initialisation, expected {expected:.4f} ({what}); off by {gap:.0%}"
     if not passed:
-        detail += ". The output layer does not start at the prior: check the final bias initialisation and the output scale"
+        detail += (
+            ". The output layer does not start at the prior: check the final bias initialisation and the output scale"
+        )
     return CheckResult("loss_at_init", passed, loss, f"within {cfg.init_loss_tolerance:.0%} of {expected:.4f}", detail)
 
 
@@ -114,9 +116,17 @@ def check_overfit_one_batch(model: TabularNet, data: Batch, cfg: ChecksParams) -
     passed = last <= cfg.overfit_target * first
     detail = f"loss on one batch of {len(batch)} rows went from {first:.4f} to {last:.4f} in {steps} steps"
     if not passed:
-        detail += (f", not below {cfg.overfit_target:.0%} of the start. The model cannot memorise 16 rows: look for "
-                   "inputs that never reach the output, a frozen or clamped layer, or a learning rate of zero")
-    return CheckResult("overfit_one_batch", passed, last, f"<= {cfg.overfit_target * first:.4f} within {cfg.overfit_steps} steps", detail)
+        detail += (
+            f", not below {cfg.overfit_target:.0%} of the start. The model cannot memorise 16 rows: look for "
+            "inputs that never reach the output, a frozen or clamped layer, or a learning rate of zero"
+        )
+    return CheckResult(
+        "overfit_one_batch",
+        passed,
+        last,
+        f"<= {cfg.overfit_target * first:.4f} within {cfg.overfit_steps} steps",
+        detail,
+    )
 
 
 def _train_briefly(model: TabularNet, train: Batch, params: TrainParams, steps: int, seed: int) -> None:
@@ -131,7 +141,9 @@ def _train_briefly(model: TabularNet, train: Batch, params: TrainParams, steps: 
         optimizer.step()
 
 
-def check_input_independent_baseline(model: TabularNet, train: Batch, val: Batch, params: TrainParams, seed: int) -> CheckResult:
+def check_input_independent_baseline(
+    model: TabularNet, train: Batch, val: Batch, params: TrainParams, seed: int
+) -> CheckResult:
     cfg = params.checks
     real, blind = copy.deepcopy(model), copy.deepcopy(model)
     blind.zero_inputs = True
@@ -146,9 +158,17 @@ def check_input_independent_baseline(model: TabularNet, train: Batch, val: Batch
     passed = real_loss <= limit
     detail = f"validation loss {real_loss:.4f} with real inputs vs {blind_loss:.4f} with inputs zeroed"
     if not passed:
-        detail += (". The model learns nothing from its features: check that targets belong to their rows (a shuffle or "
-                   "a join gone wrong), that the features carry signal, and that they reach the model")
-    return CheckResult("input_independent_baseline", passed, real_loss, f"<= {limit:.4f} ({cfg.baseline_margin:.0%} below zeroed)", detail)
+        detail += (
+            ". The model learns nothing from its features: check that targets belong to their rows (a shuffle or "
+            "a join gone wrong), that the features carry signal, and that they reach the model"
+        )
+    return CheckResult(
+        "input_independent_baseline",
+        passed,
+        real_loss,
+        f"<= {limit:.4f} ({cfg.baseline_margin:.0%} below zeroed)",
+        detail,
+    )
 
 
 def check_gradients(model: TabularNet, data: Batch) -> CheckResult:
@@ -176,8 +196,10 @@ def check_gradients(model: TabularNet, data: Batch) -> CheckResult:
     leaked = (z.grad.abs().sum(dim=1) > 0).nonzero().flatten().tolist()
     others = [i for i in leaked if i != row]
     if others:
-        problems.append(f"the output of row {row} has gradient from {len(others)} other rows (e.g. {others[:3]}): "
-                        "samples are mixed inside the network, as a view() or reshape() in place of a transpose does")
+        problems.append(
+            f"the output of row {row} has gradient from {len(others)} other rows (e.g. {others[:3]}): "
+            "samples are mixed inside the network, as a view() or reshape() in place of a transpose does"
+        )
     if row not in leaked:
         problems.append(f"the output of row {row} does not depend on its own inputs")
     passed = not problems

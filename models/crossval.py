@@ -23,13 +23,13 @@ import pandas as pd
 
 from dataprep.stats import fit_preprocessing_stats
 from loopline.atomic import StagedOutputs, write_json
-from loopline.stage import run_stage
 from loopline.config import Params, load_params, load_tuned, training_runs
 from loopline.errors import ConfigError, DataError
 from loopline.features import encode_target
-from loopline.paths import ProjectPaths
-from models.inference import predict
 from loopline.metrics import task_metrics
+from loopline.paths import ProjectPaths
+from loopline.stage import run_stage
+from models.inference import predict
 from models.train import PreparedSplits, fit, load_prepared
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,10 @@ def rolling_origin_folds(times: pd.Series | np.ndarray, folds: int) -> list[Fold
     n = len(ordered)
     changes = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
     if changes.size < folds:
-        raise DataError(f"rolling-origin cross-validation with {folds} folds needs at least {folds + 1} distinct "
-                        f"time values; the rows have {changes.size + 1}")
+        raise DataError(
+            f"rolling-origin cross-validation with {folds} folds needs at least {folds + 1} distinct "
+            f"time values; the rows have {changes.size + 1}"
+        )
     cuts: list[int] = []
     for i in range(1, folds + 1):
         candidates = changes[changes > (cuts[-1] if cuts else 0)]
@@ -68,7 +70,7 @@ def rolling_origin_folds(times: pd.Series | np.ndarray, folds: int) -> list[Fold
         usable = candidates[: candidates.size - remaining_needed]
         cuts.append(int(usable[np.argmin(np.abs(usable - n * i / (folds + 1)))]))
     bounds = [*cuts, n]
-    return [Fold(i, order[: bounds[i]], order[bounds[i]: bounds[i + 1]]) for i in range(folds)]
+    return [Fold(i, order[: bounds[i]], order[bounds[i] : bounds[i + 1]]) for i in range(folds)]
 
 
 def kfold_folds(n: int, folds: int, seed: int, groups: pd.Series | np.ndarray | None = None) -> list[Fold]:
@@ -82,8 +84,9 @@ def kfold_folds(n: int, folds: int, seed: int, groups: pd.Series | np.ndarray | 
     else:
         codes, uniques = pd.factorize(pd.Series(groups).reset_index(drop=True))
         if len(uniques) < folds:
-            raise DataError(f"{folds}-fold cross-validation by group needs at least {folds} groups; "
-                            f"there are {len(uniques)}")
+            raise DataError(
+                f"{folds}-fold cross-validation by group needs at least {folds} groups; there are {len(uniques)}"
+            )
         group_fold = np.empty(len(uniques), dtype=np.int64)
         group_fold[rng.permutation(len(uniques))] = np.arange(len(uniques)) % folds
         fold_of = group_fold[codes]
@@ -95,13 +98,17 @@ def make_folds(pool: pd.DataFrame, params: Params, schema) -> list[Fold]:
     cv = params.cv
     if cv.method == "rolling":
         if schema.time_column is None:
-            raise ConfigError(f"params.yaml cv.method: rolling needs a time_column in schema {schema.name!r}; "
-                              "use kfold for data without time order")
+            raise ConfigError(
+                f"params.yaml cv.method: rolling needs a time_column in schema {schema.name!r}; "
+                "use kfold for data without time order"
+            )
         return rolling_origin_folds(pool[schema.time_column], cv.folds)
     split = params.prepare.split.method
     if split == "time":
-        raise ConfigError("params.yaml cv.method: kfold would train on rows later than those it validates on, "
-                          "because prepare.split.method is time; use cv.method: rolling")
+        raise ConfigError(
+            "params.yaml cv.method: kfold would train on rows later than those it validates on, "
+            "because prepare.split.method is time; use cv.method: rolling"
+        )
     groups = pool[schema.group_column] if split == "group" else None
     return kfold_folds(len(pool), cv.folds, params.seed, groups)
 
@@ -128,12 +135,22 @@ class CVReport:
 def summarise(method: str, folds: list[dict[str, Any]]) -> CVReport:
     names = [k for k, v in folds[0].items() if isinstance(v, float)]
     values = {k: np.array([f[k] for f in folds], dtype=np.float64) for k in names}
-    return CVReport(method, folds, {k: float(v.mean()) for k, v in values.items()},
-                    {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()})
+    return CVReport(
+        method,
+        folds,
+        {k: float(v.mean()) for k, v in values.items()},
+        {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()},
+    )
 
 
-def cross_validate(data: PreparedSplits, params: Params, *, on_fold: Callable[[int, float], None] | None = None,
-                   run_checks: bool = False, find_lr: bool = False) -> CVReport:
+def cross_validate(
+    data: PreparedSplits,
+    params: Params,
+    *,
+    on_fold: Callable[[int, float], None] | None = None,
+    run_checks: bool = False,
+    find_lr: bool = False,
+) -> CVReport:
     """Train `params` on every fold; per fold: rows, time range, best validation loss and the task's
     metrics on its validation rows. `on_fold(i, mean_val_loss_so_far)` may raise to stop early."""
     pool = cv_pool(data.frames)
@@ -145,14 +162,27 @@ def cross_validate(data: PreparedSplits, params: Params, *, on_fold: Callable[[i
         fitted = fit(part, params, run_checks=run_checks, find_lr=find_lr)
         val = part.frames["val"]
         metrics = task_metrics(task, encode_target(val, data.schema), predict(fitted.model, val, data.schema))
-        row: dict[str, Any] = {"fold": fold.index, "train_rows": int(fold.train.size), "val_rows": int(fold.val.size),
-                               "best_val_loss": float(fitted.result.best_val_loss), **metrics}
+        row: dict[str, Any] = {
+            "fold": fold.index,
+            "train_rows": int(fold.train.size),
+            "val_rows": int(fold.val.size),
+            "best_val_loss": float(fitted.result.best_val_loss),
+            **metrics,
+        }
         if time_column is not None:
-            row["train_time"] = [str(part.frames["train"][time_column].min()), str(part.frames["train"][time_column].max())]
+            row["train_time"] = [
+                str(part.frames["train"][time_column].min()),
+                str(part.frames["train"][time_column].max()),
+            ]
             row["val_time"] = [str(val[time_column].min()), str(val[time_column].max())]
         results.append(row)
-        log.info("fold %d: %d training rows, %d validation rows, val loss %.5f", fold.index, fold.train.size,
-                 fold.val.size, fitted.result.best_val_loss)
+        log.info(
+            "fold %d: %d training rows, %d validation rows, val loss %.5f",
+            fold.index,
+            fold.train.size,
+            fold.val.size,
+            fitted.result.best_val_loss,
+        )
         if on_fold is not None:
             on_fold(fold.index, float(np.mean([r["best_val_loss"] for r in results])))
     return summarise(params.cv.method, results)
@@ -174,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     argparse.ArgumentParser(
-        prog="loopline cv", description="Cross-validation of the training settings over the training and validation "
+        prog="loopline cv",
+        description="Cross-validation of the training settings over the training and validation "
         "rows (cv: in params.yaml; tune.cross_validate scores trials with it). Writes reports/cv/metrics.json.",
     ).parse_args(argv)
     return run_stage("crossval", run_crossval)

@@ -20,15 +20,15 @@ import numpy as np
 import pandas as pd
 
 from loopline.atomic import StagedOutputs, write_json
-from loopline.stage import run_stage
 from loopline.config import EvaluateParams, load_params
 from loopline.errors import ConfigError
 from loopline.features import class_probabilities, encode_target
+from loopline.metrics import confusion, metrics_by_slice, per_class_metrics, task_metrics
 from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema
+from loopline.stage import run_stage
 from models.baselines import load_baselines
 from models.inference import load_model, predict
-from loopline.metrics import confusion, metrics_by_slice, per_class_metrics, task_metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,10 @@ def slice_columns(schema: FeatureSchema, cfg: EvaluateParams) -> list[str]:
     features = {c.name for c in schema.features}
     unknown = [name for name in cfg.slices if name not in features]
     if unknown:
-        raise ConfigError(f"params.yaml evaluate.slices: {unknown} are not feature columns of schema "
-                          f"{schema.name!r}; the features are {sorted(features)}")
+        raise ConfigError(
+            f"params.yaml evaluate.slices: {unknown} are not feature columns of schema "
+            f"{schema.name!r}; the features are {sorted(features)}"
+        )
     return list(cfg.slices)
 
 
@@ -51,8 +53,13 @@ class Evaluation:
     classes: dict[str, Any] | None
 
 
-def evaluate(model_pred: np.ndarray, baselines: dict[str, np.ndarray], frame: pd.DataFrame,
-             schema: FeatureSchema, cfg: EvaluateParams) -> Evaluation:
+def evaluate(
+    model_pred: np.ndarray,
+    baselines: dict[str, np.ndarray],
+    frame: pd.DataFrame,
+    schema: FeatureSchema,
+    cfg: EvaluateParams,
+) -> Evaluation:
     task = schema.task.value
     y = encode_target(frame, schema)
     metrics = {"model": task_metrics(task, y, model_pred)}
@@ -62,8 +69,11 @@ def evaluate(model_pred: np.ndarray, baselines: dict[str, np.ndarray], frame: pd
     classes = None
     if schema.task.is_classification:
         names = [str(c) for c in schema.classes]
-        classes = {"classes": names, "per_class": per_class_metrics(y, model_pred, names),
-                   "confusion_matrix": confusion(y, model_pred)}
+        classes = {
+            "classes": names,
+            "per_class": per_class_metrics(y, model_pred, names),
+            "confusion_matrix": confusion(y, model_pred),
+        }
     return Evaluation(metrics, slices, classes)
 
 

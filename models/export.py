@@ -28,12 +28,12 @@ import torch
 
 from loopline import runtime
 from loopline.atomic import StagedOutputs, write_json
-from loopline.stage import run_stage
 from loopline.config import load_params
 from loopline.errors import LooplineError
 from loopline.paths import ProjectPaths
 from loopline.registry import sha256_file
 from loopline.schema import FeatureSchema
+from loopline.stage import run_stage
 from models.inference import load_model, predict
 from models.network import EnsembleNet, TabularNet
 
@@ -83,7 +83,9 @@ def golden_batch(held_out: pd.DataFrame, schema: FeatureSchema, seen: pd.DataFra
     for col in schema.numeric_features:
         if col.nullable:
             variant(col.name, None)
-        observed = pd.to_numeric(seen[col.name], errors="coerce").dropna() if col.name in seen else pd.Series(dtype=float)
+        observed = (
+            pd.to_numeric(seen[col.name], errors="coerce").dropna() if col.name in seen else pd.Series(dtype=float)
+        )
         low = col.min if col.min is not None else (observed.min() if len(observed) else None)
         high = col.max if col.max is not None else (observed.max() if len(observed) else None)
         for bound in (low, high):
@@ -116,9 +118,14 @@ def export_onnx(model: TabularNet | EnsembleNet, path: Path, n_numeric: int, n_c
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, example, dynamo=True, external_data=False, verbose=False,
+            model,
+            example,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
             dynamic_shapes=({0: batch}, {0: batch}),
-            input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
         )
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
@@ -168,15 +175,25 @@ def onnx_session(path: Path, device: str = "cpu"):
         raise ExportError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
 
 
-def check_parity(expected: np.ndarray, session, golden: pd.DataFrame, schema: FeatureSchema,
-                 atol: float, rtol: float, onnx_sha256: str) -> ParityReport:
+def check_parity(
+    expected: np.ndarray,
+    session,
+    golden: pd.DataFrame,
+    schema: FeatureSchema,
+    atol: float,
+    rtol: float,
+    onnx_sha256: str,
+) -> ParityReport:
     """The PyTorch model's predictions on the golden batch against ONNX Runtime's, whole and in small
     batches (the batch axis is dynamic)."""
     expected = np.asarray(expected, dtype=np.float64)
     sizes = (len(golden), 1, 7)
-    got = {size: np.concatenate([runtime.predict_frame(session, golden.iloc[s:s + size], schema)
-                                 for s in range(0, len(golden), size)]).astype(np.float64)
-           for size in sizes}
+    got = {
+        size: np.concatenate(
+            [runtime.predict_frame(session, golden.iloc[s : s + size], schema) for s in range(0, len(golden), size)]
+        ).astype(np.float64)
+        for size in sizes
+    }
     diffs = np.stack([np.abs(g - expected) for g in got.values()])  # [sizes, rows(, classes)]
     diffs = np.where(np.isnan(diffs), np.inf, diffs)
     allowed = atol + rtol * np.abs(expected)
@@ -185,8 +202,14 @@ def check_parity(expected: np.ndarray, session, golden: pd.DataFrame, schema: Fe
         outside = outside.any(axis=tuple(range(1, outside.ndim)))
     rel = diffs / np.maximum(np.abs(expected), np.finfo(np.float32).tiny)
     return ParityReport(
-        rows=len(golden), max_abs_diff=float(diffs.max()), max_rel_diff=float(rel.max()), atol=atol, rtol=rtol,
-        rows_out_of_tolerance=int(outside.sum()), passed=not outside.any(), batch_sizes=sizes,
+        rows=len(golden),
+        max_abs_diff=float(diffs.max()),
+        max_rel_diff=float(rel.max()),
+        atol=atol,
+        rtol=rtol,
+        rows_out_of_tolerance=int(outside.sum()),
+        passed=not outside.any(),
+        batch_sizes=sizes,
         onnx_sha256=onnx_sha256,
     )
 
@@ -215,18 +238,35 @@ def run_export(paths: ProjectPaths | None = None) -> ParityReport:
         write_json(onnx_dir / paths.golden_batch.name, golden_records(golden))
         expected = predict(model, golden, schema)
         # Written once here: registration and serving re-check the ONNX file against these, without torch.
-        write_json(onnx_dir / paths.golden_expected.name, {
-            "predictions": expected.tolist(), "atol": params.export.parity_atol, "rtol": params.export.parity_rtol})
-        report = check_parity(expected, onnx_session(onnx_file), golden, schema,
-                              params.export.parity_atol, params.export.parity_rtol, sha256_file(onnx_file))
+        write_json(
+            onnx_dir / paths.golden_expected.name,
+            {"predictions": expected.tolist(), "atol": params.export.parity_atol, "rtol": params.export.parity_rtol},
+        )
+        report = check_parity(
+            expected,
+            onnx_session(onnx_file),
+            golden,
+            schema,
+            params.export.parity_atol,
+            params.export.parity_rtol,
+            sha256_file(onnx_file),
+        )
         write_json(out.path(paths.export_report), report.to_dict())
         if not report.passed:
             raise ExportError(
                 f"ONNX parity failed on {report.rows_out_of_tolerance} of {report.rows} golden rows: max "
                 f"|torch - onnxruntime| = {report.max_abs_diff:.3g} (relative {report.max_rel_diff:.3g}), allowed "
-                f"{report.atol:g} + {report.rtol:g} x |prediction|; the export was not kept")
-    log.info("wrote %s: %d golden rows, max |torch - onnxruntime| %.3g (relative %.3g), all within %g + %g x |y|",
-             paths.onnx_file, report.rows, report.max_abs_diff, report.max_rel_diff, report.atol, report.rtol)
+                f"{report.atol:g} + {report.rtol:g} x |prediction|; the export was not kept"
+            )
+    log.info(
+        "wrote %s: %d golden rows, max |torch - onnxruntime| %.3g (relative %.3g), all within %g + %g x |y|",
+        paths.onnx_file,
+        report.rows,
+        report.max_abs_diff,
+        report.max_rel_diff,
+        report.atol,
+        report.rtol,
+    )
     return report
 
 

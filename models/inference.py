@@ -15,7 +15,6 @@ from loopline.schema import FeatureSchema, load_schema
 from models.network import EnsembleNet, NetworkSpec, TabularNet
 
 
-
 def load_model(model_dir: Path) -> tuple[TabularNet | EnsembleNet, FeatureSchema]:
     """The model in `model_dir`: one network, or an ensemble when spec.json lists its members' specs."""
     spec = json.loads((model_dir / MODEL_FILES["spec"]).read_text())
@@ -31,15 +30,17 @@ def load_model(model_dir: Path) -> tuple[TabularNet | EnsembleNet, FeatureSchema
 
 
 @torch.no_grad()
-def predict(model: TabularNet | EnsembleNet, frame: pd.DataFrame, schema: FeatureSchema, chunk: int = 65536) -> np.ndarray:
+def predict(
+    model: TabularNet | EnsembleNet, frame: pd.DataFrame, schema: FeatureSchema, chunk: int = 65536
+) -> np.ndarray:
     """Predictions on the target's scale: values, P(class 1) for binary, class probabilities otherwise."""
     enc = encode_features(frame, schema)
     was_training = model.training
     model.eval()
     parts = []
     for start in range(0, len(enc), chunk):
-        numeric = torch.from_numpy(enc.numeric[start:start + chunk])
-        categorical = torch.from_numpy(enc.categorical[start:start + chunk])
+        numeric = torch.from_numpy(enc.numeric[start : start + chunk])
+        categorical = torch.from_numpy(enc.categorical[start : start + chunk])
         parts.append(model(numeric, categorical).float().numpy())
     model.train(was_training)
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)

@@ -39,8 +39,14 @@ class NetworkSpec:
         return asdict(self)
 
 
-def build_spec(schema: FeatureSchema, stats: dict[str, Any], hidden: list[int], dropout: float,
-               embedding_dim: int | None, target_transform: str) -> NetworkSpec:
+def build_spec(
+    schema: FeatureSchema,
+    stats: dict[str, Any],
+    hidden: list[int],
+    dropout: float,
+    embedding_dim: int | None,
+    target_transform: str,
+) -> NetworkSpec:
     vocab_sizes, dims = [], []
     for col in schema.categorical_features:
         seen = len(stats["categorical"][col.name]["vocabulary"])
@@ -71,7 +77,9 @@ class TabularNet(nn.Module):
         self.register_buffer("num_std", torch.ones(n_num))
         # Per categorical feature: schema category position -> embedding row (0 = missing or unseen).
         max_categories = max(spec.category_count, default=1)
-        self.register_buffer("category_to_row", torch.zeros(len(spec.vocab_sizes), max_categories + 1, dtype=torch.long))
+        self.register_buffer(
+            "category_to_row", torch.zeros(len(spec.vocab_sizes), max_categories + 1, dtype=torch.long)
+        )
         self.register_buffer("target_shift", torch.zeros(()))
         self.register_buffer("target_scale", torch.ones(()))
         self.embeddings = nn.ModuleList(nn.Embedding(v, d) for v, d in zip(spec.vocab_sizes, spec.embedding_dims))

@@ -20,18 +20,25 @@ import torch
 import torch.distributed as dist
 
 from loopline.atomic import StagedOutputs, write_json
-from loopline.stage import run_stage
 from loopline.config import Params, load_params, load_tuned, training_runs
 from loopline.features import encode_features, encode_target
+from loopline.metrics import task_metrics
 from loopline.paths import MODEL_FILES, ProjectPaths
 from loopline.schema import FeatureSchema, load_schema
+from loopline.stage import run_stage
 from models.checks import CheckResult, RecipeCheckError, raise_on_failures, run_recipe_checks
 from models.inference import predict
 from models.lr_finder import LRRangeResult, lr_range_test, plot_lr_range
-from loopline.metrics import task_metrics
 from models.network import EnsembleNet, TabularNet, build_spec, choose_target_transform
-from models.trainer import (Batch, TrainResult, make_batch, resolve_device, resolve_precision, seed_everything,
-                            train_model)
+from models.trainer import (
+    Batch,
+    TrainResult,
+    make_batch,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    train_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +111,18 @@ class Fitted:
     checks: list[CheckResult]
 
 
-def fit(data: PreparedSplits, params: Params, *, run_checks: bool = True, find_lr: bool = True,
-        checkpoint: Path | None = None, fingerprint: str = "", rank: int = 0, world: int = 1,
-        on_epoch: Callable[[dict[str, float]], None] | None = None) -> Fitted:
+def fit(
+    data: PreparedSplits,
+    params: Params,
+    *,
+    run_checks: bool = True,
+    find_lr: bool = True,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    rank: int = 0,
+    world: int = 1,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> Fitted:
     """Build, check, and train one network on data's train split, early-stopped on its val split.
 
     Recipe checks raise on failure (RecipeCheckError); the LR range test runs when `find_lr` or when
@@ -130,8 +146,20 @@ def fit(data: PreparedSplits, params: Params, *, run_checks: bool = True, find_l
     lr = lr_range.suggested_lr if cfg.lr == "auto" else float(cfg.lr)
     device = resolve_device(cfg.device)
     torch.manual_seed(params.seed + 1)  # training's own random stream, whichever checks ran before
-    result = train_model(model, train, val, cfg, seed=params.seed, lr=lr, device=device, checkpoint=checkpoint,
-                         fingerprint=fingerprint, rank=rank, world=world, on_epoch=on_epoch)
+    result = train_model(
+        model,
+        train,
+        val,
+        cfg,
+        seed=params.seed,
+        lr=lr,
+        device=device,
+        checkpoint=checkpoint,
+        fingerprint=fingerprint,
+        rank=rank,
+        world=world,
+        on_epoch=on_epoch,
+    )
     if checkpoint is not None and rank == 0:
         preamble_file(checkpoint).unlink(missing_ok=True)  # the run finished: a new one checks afresh
     return Fitted(model, result, lr, lr_range, checks)
@@ -143,12 +171,22 @@ def preamble_file(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.preamble.json")
 
 
-def save_preamble(checkpoint: Path, fingerprint: str, checks: list[CheckResult], lr_range: LRRangeResult | None) -> None:
-    write_json(preamble_file(checkpoint), {"fingerprint": fingerprint, "checks": [c.to_dict() for c in checks],
-                                           "lr_range": lr_range.to_dict() if lr_range else None})
+def save_preamble(
+    checkpoint: Path, fingerprint: str, checks: list[CheckResult], lr_range: LRRangeResult | None
+) -> None:
+    write_json(
+        preamble_file(checkpoint),
+        {
+            "fingerprint": fingerprint,
+            "checks": [c.to_dict() for c in checks],
+            "lr_range": lr_range.to_dict() if lr_range else None,
+        },
+    )
 
 
-def completed_preamble(checkpoint: Path | None, fingerprint: str) -> tuple[list[CheckResult], LRRangeResult | None] | None:
+def completed_preamble(
+    checkpoint: Path | None, fingerprint: str
+) -> tuple[list[CheckResult], LRRangeResult | None] | None:
     """The checks and LR range test an interrupted run of the same settings and data completed."""
     if checkpoint is None or not preamble_file(checkpoint).is_file():
         return None
@@ -168,8 +206,13 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
     tuned = load_tuned(paths.tuned_params)
     runs = training_runs(base, tuned, str(paths.tuned_params))
     if not tuned.empty:
-        log.info("applying %s (study %s, trial %s)%s", paths.tuned_params.name, tuned.study.get("name", "?"),
-                 tuned.study.get("trial", "?"), f": an ensemble of {len(runs)}" if len(runs) > 1 else "")
+        log.info(
+            "applying %s (study %s, trial %s)%s",
+            paths.tuned_params.name,
+            tuned.study.get("name", "?"),
+            tuned.study.get("trial", "?"),
+            f": an ensemble of {len(runs)}" if len(runs) > 1 else "",
+        )
     data = load_prepared(paths)
     device = resolve_device(runs[0].train.device)
     precision = resolve_precision(runs[0].train.precision, device)
@@ -180,15 +223,21 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
         member = f"member {i}: " if len(runs) > 1 else ""
         checkpoint = paths.checkpoint if len(runs) == 1 else paths.checkpoint.with_name(f"train-member{i}.pt")
         try:
-            one = fit(data, params, checkpoint=checkpoint, fingerprint=run_fingerprint(params, paths),
-                      rank=rank, world=world)
+            one = fit(
+                data, params, checkpoint=checkpoint, fingerprint=run_fingerprint(params, paths), rank=rank, world=world
+            )
         except RecipeCheckError as exc:
             if rank == 0:  # reports/train/checks.json stays with the model it describes
                 write_json(paths.failed_checks, exc.results_dicts())
                 log.info("recipe check report of this failed run: %s", paths.failed_checks)
             raise
-        log.info("%sLR range test suggests %.3g; trained with lr %.3g%s", member, one.lr_range.suggested_lr,
-                 one.lr, " (train.lr: auto)" if params.train.lr == "auto" else "")
+        log.info(
+            "%sLR range test suggests %.3g; trained with lr %.3g%s",
+            member,
+            one.lr_range.suggested_lr,
+            one.lr,
+            " (train.lr: auto)" if params.train.lr == "auto" else "",
+        )
         fitted.append(one)
     model: TabularNet | EnsembleNet = fitted[0].model
     if len(fitted) > 1:
@@ -203,28 +252,41 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
     if rank_gap > 0:
         log.warning("ranks disagree: parameters differ by up to %.3g across processes", rank_gap)
 
-    metrics = {split: task_metrics(data.schema.task.value, encode_target(data.frames[split], data.schema),
-                                   predict(model, data.frames[split], data.schema))
-               for split in ("val", "test")}
+    metrics = {
+        split: task_metrics(
+            data.schema.task.value,
+            encode_target(data.frames[split], data.schema),
+            predict(model, data.frames[split], data.schema),
+        )
+        for split in ("val", "test")
+    }
     records = [training_record(f, device, precision, world, rank_gap) for f in fitted]
-    checks = [{**c.to_dict(), **({"member": i} if len(fitted) > 1 else {})}
-              for i, f in enumerate(fitted) for c in f.checks]
-    training = {**records[0], "checks": checks,
-                "skipped_checks": sorted({c["name"] for c in checks if c.get("skipped")})}
+    checks = [
+        {**c.to_dict(), **({"member": i} if len(fitted) > 1 else {})} for i, f in enumerate(fitted) for c in f.checks
+    ]
+    training = {
+        **records[0],
+        "checks": checks,
+        "skipped_checks": sorted({c["name"] for c in checks if c.get("skipped")}),
+    }
     if len(fitted) > 1:
         training["ensemble"] = records
     if not tuned.empty:
         training["tuned"] = tuned.model_dump()
     best = fitted[0].result
-    summary = {"val": metrics["val"], "test": metrics["test"], "best_epoch": best.best_epoch,
-               "epochs_run": len(best.history), "lr": fitted[0].lr}
+    summary = {
+        "val": metrics["val"],
+        "test": metrics["test"],
+        "best_epoch": best.best_epoch,
+        "epochs_run": len(best.history),
+        "lr": fitted[0].lr,
+    }
     if len(fitted) > 1:
         summary["ensemble_members"] = len(fitted)
     with StagedOutputs() as out:
         model_dir = out.path(paths.model_dir, directory=True)
         torch.save(model.state_dict(), model_dir / MODEL_FILES["weights"])
-        spec = ({"ensemble": [f.model.spec.to_dict() for f in fitted]} if len(fitted) > 1
-                else model.spec.to_dict())
+        spec = {"ensemble": [f.model.spec.to_dict() for f in fitted]} if len(fitted) > 1 else model.spec.to_dict()
         write_json(model_dir / MODEL_FILES["spec"], spec)
         write_json(model_dir / MODEL_FILES["schema"], data.schema.to_dict())
         write_json(model_dir / MODEL_FILES["stats"], data.stats)
@@ -245,11 +307,19 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
 def training_record(f: Fitted, device: torch.device, precision: str, world: int, rank_gap: float) -> dict[str, Any]:
     r = f.result
     return {
-        "device": str(device), "precision": precision, "processes": world, "lr": f.lr,
-        "lr_range_suggestion": f.lr_range.suggested_lr if f.lr_range else None, "best_epoch": r.best_epoch,
-        "best_val_loss": r.best_val_loss, "stopped_early": r.stopped_early, "steps": r.steps,
-        "samples_per_second": r.samples_per_second, "resumed_from": r.resumed_from,
-        "max_parameter_gap_across_ranks": rank_gap, "history": r.history,
+        "device": str(device),
+        "precision": precision,
+        "processes": world,
+        "lr": f.lr,
+        "lr_range_suggestion": f.lr_range.suggested_lr if f.lr_range else None,
+        "best_epoch": r.best_epoch,
+        "best_val_loss": r.best_val_loss,
+        "stopped_early": r.stopped_early,
+        "steps": r.steps,
+        "samples_per_second": r.samples_per_second,
+        "resumed_from": r.resumed_from,
+        "max_parameter_gap_across_ranks": rank_gap,
+        "history": r.history,
     }
 
 
@@ -266,8 +336,12 @@ def write_tracking(directory: Path, runs: list[Params], histories: list[list[dic
     if len(runs) == 1:
         live.log_params({"seed": runs[0].seed, "train": runs[0].train.model_dump(mode="json")})
     else:
-        live.log_params({"seed": runs[0].seed,
-                         "ensemble": {f"member{i}": r.train.model_dump(mode="json") for i, r in enumerate(runs)}})
+        live.log_params(
+            {
+                "seed": runs[0].seed,
+                "ensemble": {f"member{i}": r.train.model_dump(mode="json") for i, r in enumerate(runs)},
+            }
+        )
     for step in range(max(len(h) for h in histories)):
         for i, history in enumerate(histories):
             if step >= len(history):
@@ -314,5 +388,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-

@@ -47,7 +47,9 @@ class Batch:
 
     def to(self, device: torch.device) -> "Batch":
         if device.type == "cuda":  # pinned host memory lets the copy overlap with compute
-            return Batch(*(t.pin_memory().to(device, non_blocking=True) for t in (self.numeric, self.categorical, self.target)))
+            return Batch(
+                *(t.pin_memory().to(device, non_blocking=True) for t in (self.numeric, self.categorical, self.target))
+            )
         return Batch(self.numeric.to(device), self.categorical.to(device), self.target.to(device))
 
 
@@ -137,8 +139,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams, lr: fl
     if params.schedule == "one_cycle":
         return lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
     if params.schedule == "cyclic":
-        return lr_scheduler.CyclicLR(optimizer, base_lr=lr / 10, max_lr=lr, step_size_up=max(1, total_steps // 8),
-                                     cycle_momentum=params.optimizer == "sgd")
+        return lr_scheduler.CyclicLR(
+            optimizer,
+            base_lr=lr / 10,
+            max_lr=lr,
+            step_size_up=max(1, total_steps // 8),
+            cycle_momentum=params.optimizer == "sgd",
+        )
     if params.schedule == "warmup_cosine":
         warmup = max(1, int(params.warmup_fraction * total_steps))
         return lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total_steps))
@@ -235,7 +242,9 @@ def train_model(
     train, val = train.to(device), val.to(device)
     step_model: nn.Module = _Logits(model)
     if world > 1:
-        step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+        step_model = nn.parallel.DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     steps_per_epoch = len(epoch_batches(len(train), params.batch_size, seed, 0, rank, world))
     total_steps = steps_per_epoch * params.epochs
@@ -270,15 +279,28 @@ def train_model(
     def snapshot(epoch: int, batch_in_epoch: int, finished: bool = False) -> None:
         if checkpoint is None or rank != 0:
             return
-        save_checkpoint(checkpoint, {
-            "fingerprint": fingerprint, "finished": finished,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "steps": result.steps,
-            "epoch_loss_sum": epoch_loss_sum, "epoch_rows": epoch_rows,
-            "best_state": best_state, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-            "bad_epochs": bad_epochs, "history": result.history,
-        })
+        save_checkpoint(
+            checkpoint,
+            {
+                "fingerprint": fingerprint,
+                "finished": finished,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch,
+                "steps": result.steps,
+                "epoch_loss_sum": epoch_loss_sum,
+                "epoch_rows": epoch_rows,
+                "best_state": best_state,
+                "best_epoch": result.best_epoch,
+                "best_val_loss": result.best_val_loss,
+                "bad_epochs": bad_epochs,
+                "history": result.history,
+            },
+        )
 
     progress = _Progress(total_steps, enabled=rank == 0 and sys.stderr.isatty(), initial=result.steps)
     timer_rows, timer_start = 0, _now(device)
@@ -311,13 +333,19 @@ def train_model(
         skip_batches = 0
 
         val_loss = evaluate_loss(model, val, device, precision)
-        record = {"epoch": epoch, "train_loss": float(epoch_loss_sum) / max(1, epoch_rows), "val_loss": val_loss,
-                  "lr": optimizer.param_groups[0]["lr"], "step": result.steps}
+        record = {
+            "epoch": epoch,
+            "train_loss": float(epoch_loss_sum) / max(1, epoch_rows),
+            "val_loss": val_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "step": result.steps,
+        }
         if not (math.isfinite(record["train_loss"]) and math.isfinite(val_loss)):
             raise TrainingDiverged(
                 f"epoch {epoch}: training loss {record['train_loss']:.4g}, validation loss {val_loss:.4g} at "
                 f"lr {record['lr']:.3g}; the run diverged. Lower train.lr (or use train.lr: auto), keep "
-                "train.grad_clip_norm set, and look for extreme values in the data report")
+                "train.grad_clip_norm set, and look for extreme values in the data report"
+            )
         result.history.append(record)
         epoch_loss_sum, epoch_rows = 0.0, 0
         if val_loss < result.best_val_loss:
@@ -326,8 +354,14 @@ def train_model(
         else:
             bad_epochs += 1
         if rank == 0:
-            log.info("epoch %d: train loss %.5f, val loss %.5f, lr %.3g%s", epoch, record["train_loss"], val_loss,
-                     record["lr"], " (best)" if bad_epochs == 0 else "")
+            log.info(
+                "epoch %d: train loss %.5f, val loss %.5f, lr %.3g%s",
+                epoch,
+                record["train_loss"],
+                val_loss,
+                record["lr"],
+                " (best)" if bad_epochs == 0 else "",
+            )
         snapshot(epoch + 1, 0)
         if on_epoch is not None:
             on_epoch(record)

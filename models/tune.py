@@ -47,11 +47,11 @@ from loopline.atomic import write_json
 from loopline.config import Params, SearchDimension, TuneParams, load_params, with_overrides
 from loopline.errors import ConfigError, LooplineError
 from loopline.features import encode_target
-from loopline.settings import Settings, variable
+from loopline.metrics import task_metrics
 from loopline.paths import ProjectPaths
+from loopline.settings import Settings, variable
 from models.crossval import cross_validate
 from models.inference import predict
-from loopline.metrics import task_metrics
 from models.train import PreparedSplits, fit, load_prepared
 from models.trainer import TrainingDiverged
 
@@ -103,8 +103,9 @@ def grid_space(space: dict[str, SearchDimension]) -> dict[str, list[Any]]:
     for key, dim in space.items():
         values = dim.choices if dim.choices is not None else dim.grid
         if values is None:
-            raise ConfigError(f"params.yaml tune.space.{key}: the grid sampler needs `grid: [values]` for a range "
-                              f"(or `choices`)")
+            raise ConfigError(
+                f"params.yaml tune.space.{key}: the grid sampler needs `grid: [values]` for a range (or `choices`)"
+            )
         grid[key] = [_encode(dim, v) for v in values]
     return grid
 
@@ -124,7 +125,7 @@ def check_space(base: Params, cfg: TuneParams) -> None:
         raise ConfigError("params.yaml tune.space is empty: list the train.* settings to search")
     for key, dim in cfg.space.items():
         _dotted(base, key)
-        for value in (dim.choices or [dim.low, dim.high]):
+        for value in dim.choices or [dim.low, dim.high]:
             if dim.int_ and dim.choices is None:
                 value = int(value)
             with_overrides(base, {key: value}, f"params.yaml tune.space.{key}")
@@ -138,8 +139,11 @@ def current_point(base: Params, cfg: TuneParams) -> dict[str, Any]:
         if not active(dim, chosen):
             continue
         value = _dotted(base, key)
-        inside = value in dim.choices if dim.choices is not None else (
-            isinstance(value, (int, float)) and dim.low <= value <= dim.high)
+        inside = (
+            value in dim.choices
+            if dim.choices is not None
+            else (isinstance(value, (int, float)) and dim.low <= value <= dim.high)
+        )
         if inside:
             point[key] = _encode(dim, value)
             chosen[key] = value
@@ -165,8 +169,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 def require_prepared(paths: ProjectPaths) -> None:
     missing = [str(paths.split(s).relative_to(paths.root)) for s in ("train", "val") if not paths.split(s).is_file()]
     if missing:
-        raise TuningError(f"{', '.join(missing)} not found: the search reads the prepared splits; run "
-                          "`dvc repro prepare` first")
+        raise TuningError(
+            f"{', '.join(missing)} not found: the search reads the prepared splits; run `dvc repro prepare` first"
+        )
 
 
 def study_name(paths: ProjectPaths, params: Params) -> str:
@@ -179,10 +184,20 @@ def study_name(paths: ProjectPaths, params: Params) -> str:
     for split in ("train", "val"):
         digest.update(paths.split(split).read_bytes())
     cfg = params.tune.model_dump(mode="json", by_alias=True)
-    scored = {k: cfg[k] for k in ("sampler", "pruner", "epochs", "space", "cross_validate", "startup_trials", "warmup_epochs")}
-    digest.update(json.dumps({"seed": params.seed, "train": params.train.model_dump(mode="json"), "tune": scored,
-                              "cv": params.cv.model_dump(mode="json") if params.tune.cross_validate else None},
-                             sort_keys=True).encode())
+    scored = {
+        k: cfg[k] for k in ("sampler", "pruner", "epochs", "space", "cross_validate", "startup_trials", "warmup_epochs")
+    }
+    digest.update(
+        json.dumps(
+            {
+                "seed": params.seed,
+                "train": params.train.model_dump(mode="json"),
+                "tune": scored,
+                "cv": params.cv.model_dump(mode="json") if params.tune.cross_validate else None,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     return f"{params.data.source}-{digest.hexdigest()[:10]}"
 
 
@@ -195,8 +210,9 @@ def make_sampler(cfg: TuneParams, seed: int) -> optuna.samplers.BaseSampler:
             return optuna.samplers.GridSampler(grid_space(cfg.space), seed=seed)
         # multivariate + group: TPE models parameters jointly and handles conditional ones; constant_liar
         # keeps parallel workers from proposing the same point while their trials run.
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.startup_trials, multivariate=True,
-                                          group=True, constant_liar=True)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=cfg.startup_trials, multivariate=True, group=True, constant_liar=True
+        )
 
 
 def make_pruner(cfg: TuneParams) -> optuna.pruners.BasePruner:
@@ -207,15 +223,18 @@ def make_pruner(cfg: TuneParams) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(paths: ProjectPaths, params: Params, *, name: str | None = None, storage: str | None = None,
-               seed_offset: int = 0) -> optuna.Study:
+def open_study(
+    paths: ProjectPaths, params: Params, *, name: str | None = None, storage: str | None = None, seed_offset: int = 0
+) -> optuna.Study:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.create_study(
             study_name=name or study_name(paths, params),
             storage=open_storage(storage or storage_url(paths, params.tune)),
             sampler=make_sampler(params.tune, params.seed + seed_offset),
-            pruner=make_pruner(params.tune), direction="minimize", load_if_exists=True,
+            pruner=make_pruner(params.tune),
+            direction="minimize",
+            load_if_exists=True,
         )
 
 
@@ -265,12 +284,21 @@ class Objective:
                 fitted = fit(self.data, params, run_checks=False, find_lr=False, on_epoch=on_epoch)
                 value = fitted.result.best_val_loss
                 val = self.data.frames["val"]
-                metrics = task_metrics(self.data.schema.task.value, encode_target(val, self.data.schema),
-                                       predict(fitted.model, val, self.data.schema))
+                metrics = task_metrics(
+                    self.data.schema.task.value,
+                    encode_target(val, self.data.schema),
+                    predict(fitted.model, val, self.data.schema),
+                )
             trial.set_user_attr("val_metrics", metrics)
             state = "complete"
-            log.info("trial %d: val loss %.5f after %d epoch(s) in %.1f s; %s", trial.number, value, len(history),
-                     time.perf_counter() - started, _describe(chosen))
+            log.info(
+                "trial %d: val loss %.5f after %d epoch(s) in %.1f s; %s",
+                trial.number,
+                value,
+                len(history),
+                time.perf_counter() - started,
+                _describe(chosen),
+            )
             return value
         except optuna.TrialPruned as exc:
             state = "pruned"
@@ -280,8 +308,15 @@ class Objective:
             log.info("trial %d diverged (%s); %s", trial.number, str(exc).split(";")[0], _describe(chosen))
             raise
         finally:
-            record_trial(self.paths.tune_reports_dir / self.study / "trials" / f"{trial.number:04d}",
-                         trial.number, state, chosen, history, metrics, value)
+            record_trial(
+                self.paths.tune_reports_dir / self.study / "trials" / f"{trial.number:04d}",
+                trial.number,
+                state,
+                chosen,
+                history,
+                metrics,
+                value,
+            )
 
 
 def _describe(chosen: dict[str, Any]) -> str:
@@ -292,8 +327,15 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def record_trial(directory: Path, number: int, state: str, chosen: dict[str, Any],
-                 history: list[dict[str, float]], metrics: dict[str, float], value: float | None) -> None:
+def record_trial(
+    directory: Path,
+    number: int,
+    state: str,
+    chosen: dict[str, Any],
+    history: list[dict[str, float]],
+    metrics: dict[str, float],
+    value: float | None,
+) -> None:
     """The trial as a DVCLive folder: params, per-epoch losses, its score and validation metrics."""
     from dvclive import Live
 
@@ -311,8 +353,15 @@ def record_trial(directory: Path, number: int, state: str, chosen: dict[str, Any
 
 
 # ------------------------------------------------------------------------------------------- search
-def run_trials(paths: ProjectPaths, *, n_trials: int | None, timeout_minutes: float | None,
-               name: str | None = None, storage: str | None = None, seed_offset: int = 0) -> str:
+def run_trials(
+    paths: ProjectPaths,
+    *,
+    n_trials: int | None,
+    timeout_minutes: float | None,
+    name: str | None = None,
+    storage: str | None = None,
+    seed_offset: int = 0,
+) -> str:
     """One worker: run trials of the study until its share of the budget or the time is spent (without
     either, params.yaml's budget)."""
     base = load_params(paths.params)
@@ -324,9 +373,13 @@ def run_trials(paths: ProjectPaths, *, n_trials: int | None, timeout_minutes: fl
     name = name or study_name(paths, base)
     study = open_study(paths, base, name=name, storage=storage, seed_offset=seed_offset)
     quiet_training_logs()
-    study.optimize(Objective(paths, base, data, name), n_trials=n_trials,
-                   timeout=timeout_minutes * 60 if timeout_minutes else None, catch=(TrainingDiverged,),
-                   gc_after_trial=True)
+    study.optimize(
+        Objective(paths, base, data, name),
+        n_trials=n_trials,
+        timeout=timeout_minutes * 60 if timeout_minutes else None,
+        catch=(TrainingDiverged,),
+        gc_after_trial=True,
+    )
     return name
 
 
@@ -355,8 +408,15 @@ class TuneSummary:
         return asdict(self)
 
 
-def tune(paths: ProjectPaths | None = None, *, n_trials: int | None = None, timeout_minutes: float | None = None,
-         workers: int = 1, name: str | None = None, storage: str | None = None) -> TuneSummary:
+def tune(
+    paths: ProjectPaths | None = None,
+    *,
+    n_trials: int | None = None,
+    timeout_minutes: float | None = None,
+    workers: int = 1,
+    name: str | None = None,
+    storage: str | None = None,
+) -> TuneSummary:
     """A search of this run's budget (params.yaml unless given), over `workers` local processes, then
     the report and tuned.yaml."""
     paths = paths or ProjectPaths.here()
@@ -375,9 +435,15 @@ def tune(paths: ProjectPaths | None = None, *, n_trials: int | None = None, time
     started = time.perf_counter()
     quiet_training_logs()
     study = open_study(paths, base, name=name, storage=storage)
-    log.info("study %s in %s: %d trial(s) so far; running %s trial(s)%s on %d worker(s)", name, _safe_url(storage),
-             len(study.trials), n_trials if n_trials is not None else "unlimited",
-             f" for at most {timeout_minutes:g} min" if timeout_minutes else "", workers)
+    log.info(
+        "study %s in %s: %d trial(s) so far; running %s trial(s)%s on %d worker(s)",
+        name,
+        _safe_url(storage),
+        len(study.trials),
+        n_trials if n_trials is not None else "unlimited",
+        f" for at most {timeout_minutes:g} min" if timeout_minutes else "",
+        workers,
+    )
     point = current_point(base, cfg) if cfg.start_from_current and not study.trials else {}
     if point:
         study.enqueue_trial(point, user_attrs={"from": "params.yaml"})
@@ -404,15 +470,26 @@ def shares(n_trials: int | None, workers: int) -> list[int | None]:
     return [n_trials // workers + (1 if i < n_trials % workers else 0) for i in range(workers)]
 
 
-def run_workers(paths: ProjectPaths, workers: int, n_trials: int | None, timeout_minutes: float | None,
-                name: str, storage: str) -> None:
+def run_workers(
+    paths: ProjectPaths, workers: int, n_trials: int | None, timeout_minutes: float | None, name: str, storage: str
+) -> None:
     """Local worker processes on one study: each runs its share of the trials against the storage."""
     procs = []
     for i, share in enumerate(shares(n_trials, workers)):
         if share == 0:
             continue
-        cmd = [sys.executable, "-m", "models.tune", "--worker", "--study", name, "--storage", storage,
-               "--seed-offset", str(i)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "models.tune",
+            "--worker",
+            "--study",
+            name,
+            "--storage",
+            storage,
+            "--seed-offset",
+            str(i),
+        ]
         if share is not None:
             cmd += ["--trials", str(share)]
         if timeout_minutes is not None:
@@ -420,8 +497,9 @@ def run_workers(paths: ProjectPaths, workers: int, n_trials: int | None, timeout
         procs.append((i, subprocess.Popen(cmd, cwd=paths.root, env={**os.environ, variable("root"): str(paths.root)})))
     failed = [i for i, proc in procs if proc.wait() != 0]
     if failed:
-        raise TuningError(f"tuning worker(s) {failed} failed (see their log above); the trials they finished "
-                          f"are kept in study {name}")
+        raise TuningError(
+            f"tuning worker(s) {failed} failed (see their log above); the trials they finished are kept in study {name}"
+        )
 
 
 def _safe_url(url: str) -> str:
@@ -435,8 +513,9 @@ def _safe_url(url: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- report
-def report(paths: ProjectPaths, *, name: str | None = None, storage: str | None = None,
-           started: float | None = None) -> TuneSummary:
+def report(
+    paths: ProjectPaths, *, name: str | None = None, storage: str | None = None, started: float | None = None
+) -> TuneSummary:
     """Summary, trials table and plots under reports/tune/<study>/, and the best settings to tuned.yaml."""
     base = load_params(paths.params)
     cfg = base.tune
@@ -444,19 +523,33 @@ def report(paths: ProjectPaths, *, name: str | None = None, storage: str | None 
     storage = storage or storage_url(paths, cfg)
     study = optuna.load_study(study_name=name, storage=open_storage(storage))
     states = {s.name.lower(): sum(1 for t in study.trials if t.state == s) for s in optuna.trial.TrialState}
-    complete = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and
-                       t.value is not None and math.isfinite(t.value)), key=lambda t: (t.value, t.number))
+    complete = sorted(
+        (
+            t
+            for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+        ),
+        key=lambda t: (t.value, t.number),
+    )
     if not complete:
         raise TuningError(f"study {name}: no trial completed ({states}); tuned.yaml was left as it was")
     best = complete[0]
     members = complete[: cfg.ensemble.top_k] if cfg.ensemble.top_k > 1 else []
     if cfg.ensemble.top_k > 1 and len(members) < cfg.ensemble.top_k:
-        raise TuningError(f"study {name}: tune.ensemble.top_k is {cfg.ensemble.top_k} but only {len(members)} "
-                          "trial(s) completed; tuned.yaml was left as it was")
+        raise TuningError(
+            f"study {name}: tune.ensemble.top_k is {cfg.ensemble.top_k} but only {len(members)} "
+            "trial(s) completed; tuned.yaml was left as it was"
+        )
     summary = TuneSummary(
-        study=name, storage=_safe_url(storage), sampler=cfg.sampler, pruner=cfg.pruner,
-        trials={k: v for k, v in states.items() if v}, best_trial=best.number, best_value=float(best.value),
-        best_overrides=best.user_attrs.get("overrides", {}), best_val_metrics=best.user_attrs.get("val_metrics", {}),
+        study=name,
+        storage=_safe_url(storage),
+        sampler=cfg.sampler,
+        pruner=cfg.pruner,
+        trials={k: v for k, v in states.items() if v},
+        best_trial=best.number,
+        best_value=float(best.value),
+        best_overrides=best.user_attrs.get("overrides", {}),
+        best_val_metrics=best.user_attrs.get("val_metrics", {}),
         ensemble_trials=[t.number for t in members],
         seconds=round(time.perf_counter() - started, 1) if started is not None else 0.0,
     )
@@ -464,26 +557,38 @@ def report(paths: ProjectPaths, *, name: str | None = None, storage: str | None 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary.to_dict())
     study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration")).to_csv(
-        out / "trials.csv", index=False)
+        out / "trials.csv", index=False
+    )
     plot_study(study, out)
     write_tuned(paths.tuned_params, summary, [t.user_attrs.get("overrides", {}) for t in members])
-    log.info("best: trial %d, val loss %.5f (%s); %s written%s", best.number, best.value,
-             _describe(summary.best_overrides), paths.tuned_params.name,
-             f" with an ensemble of trials {summary.ensemble_trials}" if members else "")
+    log.info(
+        "best: trial %d, val loss %.5f (%s); %s written%s",
+        best.number,
+        best.value,
+        _describe(summary.best_overrides),
+        paths.tuned_params.name,
+        f" with an ensemble of trials {summary.ensemble_trials}" if members else "",
+    )
     return summary
 
 
 def write_tuned(path: Path, summary: TuneSummary, ensemble: list[dict[str, Any]]) -> None:
     content: dict[str, Any] = {
-        "study": {"name": summary.study, "storage": summary.storage, "trial": summary.best_trial,
-                  "val_loss": summary.best_value},
+        "study": {
+            "name": summary.study,
+            "storage": summary.storage,
+            "trial": summary.best_trial,
+            "val_loss": summary.best_value,
+        },
         "overrides": summary.best_overrides,
     }
     if ensemble:
         content["study"]["ensemble_trials"] = summary.ensemble_trials
         content["ensemble"] = ensemble
-    header = ("# Written by `python -m models.tune`: the search's best settings as overrides of params.yaml,\n"
-              "# applied by the train stage and recorded with the model. Replace with {} to train on params.yaml alone.\n")
+    header = (
+        "# Written by `python -m models.tune`: the search's best settings as overrides of params.yaml,\n"
+        "# applied by the train stage and recorded with the model. Replace with {} to train on params.yaml alone.\n"
+    )
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(header + yaml.safe_dump(content, sort_keys=False, default_flow_style=None))
     os.replace(tmp, path)
@@ -522,7 +627,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Hyperparameter search over params.yaml tune.space (Optuna).")
     parser.add_argument("--trials", type=int, help="trials in this run (default: tune.n_trials)")
-    parser.add_argument("--timeout-minutes", type=float, help="start no trial after this long (default: tune.timeout_minutes)")
+    parser.add_argument(
+        "--timeout-minutes", type=float, help="start no trial after this long (default: tune.timeout_minutes)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study")
     parser.add_argument("--study", help="study name (default: tune.study, else derived from data and settings)")
     parser.add_argument("--storage", help="Optuna storage URL (default: tune.storage, else .state/tune/study.db)")
@@ -532,13 +639,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = ProjectPaths.here()
     if args.worker:
-        return run_stage("tune worker", lambda: run_trials(
-            paths, n_trials=args.trials, timeout_minutes=args.timeout_minutes, name=args.study,
-            storage=args.storage, seed_offset=args.seed_offset))
+        return run_stage(
+            "tune worker",
+            lambda: run_trials(
+                paths,
+                n_trials=args.trials,
+                timeout_minutes=args.timeout_minutes,
+                name=args.study,
+                storage=args.storage,
+                seed_offset=args.seed_offset,
+            ),
+        )
     if args.report:
         return run_stage("tune", lambda: report(paths, name=args.study, storage=args.storage))
-    return run_stage("tune", lambda: tune(paths, n_trials=args.trials, timeout_minutes=args.timeout_minutes,
-                                          workers=args.workers, name=args.study, storage=args.storage))
+    return run_stage(
+        "tune",
+        lambda: tune(
+            paths,
+            n_trials=args.trials,
+            timeout_minutes=args.timeout_minutes,
+            workers=args.workers,
+            name=args.study,
+            storage=args.storage,
+        ),
+    )
 
 
 if __name__ == "__main__":

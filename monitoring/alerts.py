@@ -35,8 +35,8 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 from loopline.atomic import file_lock
-from loopline.settings import Settings
 from loopline.config import AlertParams
+from loopline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,13 @@ class SmtpSettings:
         if not settings.smtp_host:
             return None
         default_port = {"starttls": 587, "ssl": 465, "none": 25}[settings.smtp_security]
-        return cls(settings.smtp_host, settings.smtp_port or default_port, settings.smtp_security,
-                   settings.smtp_user, settings.smtp_password)
+        return cls(
+            settings.smtp_host,
+            settings.smtp_port or default_port,
+            settings.smtp_security,
+            settings.smtp_user,
+            settings.smtp_password,
+        )
 
     @classmethod
     def from_block(cls, name: str) -> SmtpSettings:
@@ -69,8 +74,13 @@ class SmtpSettings:
         block = EmailServerCredentials.load(name)
         kind = str(getattr(block.smtp_type, "name", block.smtp_type)).lower()
         security = {"starttls": "starttls", "ssl": "ssl", "insecure": "none"}.get(kind, "starttls")
-        return cls(block.smtp_server, int(block.smtp_port or 465), security, block.username or None,
-                   block.password.get_secret_value() if block.password else None)
+        return cls(
+            block.smtp_server,
+            int(block.smtp_port or 465),
+            security,
+            block.username or None,
+            block.password.get_secret_value() if block.password else None,
+        )
 
     def send(self, message: EmailMessage) -> None:
         context = ssl.create_default_context()
@@ -126,8 +136,7 @@ class Outbox:
         os.replace(tmp, self.pending / name)
         return self.pending / name
 
-    def deliver(self, smtp: SmtpSettings | None, retry_seconds: list[float] = (0,),
-                sleep=time.sleep) -> Delivery:
+    def deliver(self, smtp: SmtpSettings | None, retry_seconds: list[float] = (0,), sleep=time.sleep) -> Delivery:
         """Send every pending message, oldest first. Each is tried once and then once after each wait in
         `retry_seconds`; what still fails stays pending for the next delivery. Without SMTP settings,
         messages move to local/ as .eml files."""

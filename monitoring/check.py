@@ -42,14 +42,22 @@ class Outcome:
     delivery: Delivery = field(default_factory=Delivery)
 
     def to_dict(self) -> dict:
-        return {"verdict": self.result.verdict, "summary": self.result.summary(), "incident": self.incident,
-                "alerted": self.alerted, "retrain": self.retrain, "files": {k: str(v) for k, v in self.files.items()},
-                "sent": [str(p) for p in self.delivery.sent], "written": [str(p) for p in self.delivery.written],
-                "pending": [str(p) for p in self.delivery.pending]}
+        return {
+            "verdict": self.result.verdict,
+            "summary": self.result.summary(),
+            "incident": self.incident,
+            "alerted": self.alerted,
+            "retrain": self.retrain,
+            "files": {k: str(v) for k, v in self.files.items()},
+            "sent": [str(p) for p in self.delivery.sent],
+            "written": [str(p) for p in self.delivery.written],
+            "pending": [str(p) for p in self.delivery.pending],
+        }
 
 
-def run_check(paths: ProjectPaths, start: datetime, end: datetime, now: datetime | None = None,
-              *, can_retrain: bool = False) -> Outcome:
+def run_check(
+    paths: ProjectPaths, start: datetime, end: datetime, now: datetime | None = None, *, can_retrain: bool = False
+) -> Outcome:
     """Check the production model's traffic served in [start, end). `now` is the time incidents and
     cooldowns are reckoned in (the wall clock unless a replay says otherwise). `can_retrain`: the caller
     (the monitoring flow) starts training when the outcome says `retrain`."""
@@ -68,9 +76,16 @@ def run_check(paths: ProjectPaths, start: datetime, end: datetime, now: datetime
     training = pd.read_parquet(record.file(REFERENCE_FILE))
     session = onnx_session(record.model)
     reference = reference_frame(training, schema, predict_frame(session, training, schema), seed=params.seed)
-    result, snapshots = check_window(window, reference, schema, params.monitor, model_version=version,
-                                     reference_metrics=record.metadata["metrics"]["model"],
-                                     window_start=start, window_end=end)
+    result, snapshots = check_window(
+        window,
+        reference,
+        schema,
+        params.monitor,
+        model_version=version,
+        reference_metrics=record.metadata["metrics"]["model"],
+        window_start=start,
+        window_end=end,
+    )
     out_dir = paths.monitoring_dir / f"{end:%Y%m%dT%H%M%S}"
     files = save_check(result, snapshots, out_dir)
     add_to_workspace(snapshots, paths.evidently_workspace)
@@ -79,8 +94,11 @@ def run_check(paths: ProjectPaths, start: datetime, end: datetime, now: datetime
 
     alerts = params.monitor.alerts
     if result.alarming:
-        kinds = [k for k, present in (("drift", "drift" in result.verdict), ("degradation", "degraded" in result.verdict))
-                 if present]
+        kinds = [
+            k
+            for k, present in (("drift", "drift" in result.verdict), ("degradation", "degraded" in result.verdict))
+            if present
+        ]
         incidents = Incidents(paths.incidents)
         cooldown = timedelta(hours=alerts.cooldown_hours)
         claimed = [k for k in kinds if incidents.claim(k, now, cooldown)]
@@ -88,20 +106,33 @@ def run_check(paths: ProjectPaths, start: datetime, end: datetime, now: datetime
         if claimed:
             outcome.alerted, outcome.retrain = True, params.monitor.retrain and can_retrain
             if outcome.retrain:
-                next_step = ("Retraining has started on the data known now; the new candidate replaces the model "
-                             "only if it passes the gate, and you will hear about the verdict.")
+                next_step = (
+                    "Retraining has started on the data known now; the new candidate replaces the model "
+                    "only if it passes the gate, and you will hear about the verdict."
+                )
             elif not params.monitor.retrain:
-                next_step = ("Retraining is off (monitor.retrain: false in params.yaml): retrain and promote by "
-                             "hand (`python -m flows.training`, or `make pipeline`).")
+                next_step = (
+                    "Retraining is off (monitor.retrain: false in params.yaml): retrain and promote by "
+                    "hand (`python -m flows.training`, or `make pipeline`)."
+                )
             else:
-                next_step = ("This check ran on its own (python -m monitoring.check), so no retraining was started: "
-                             "run `python -m flows.training`, or let the monitoring flow do both.")
-            queue_alert(paths, alerts, f"{result.verdict} in the traffic of model {version}",
-                        drift_body(result, next_step, params.monitor.max_degradation),
-                        [p for k, p in files.items() if k != "summary"] + [files["summary"]])
+                next_step = (
+                    "This check ran on its own (python -m monitoring.check), so no retraining was started: "
+                    "run `python -m flows.training`, or let the monitoring flow do both."
+                )
+            queue_alert(
+                paths,
+                alerts,
+                f"{result.verdict} in the traffic of model {version}",
+                drift_body(result, next_step, params.monitor.max_degradation),
+                [p for k, p in files.items() if k != "summary"] + [files["summary"]],
+            )
         else:
-            log.info("%s already alerted within %s h: no new alert, no new retraining", outcome.incident,
-                     alerts.cooldown_hours)
+            log.info(
+                "%s already alerted within %s h: no new alert, no new retraining",
+                outcome.incident,
+                alerts.cooldown_hours,
+            )
     outcome.delivery = deliver(paths, alerts)
     return outcome
 
@@ -115,11 +146,18 @@ def drift_body(result: CheckResult, next_step: str, max_degradation: float) -> s
         lines.append("")
     if result.performance is not None:
         p = result.performance
-        lines.append(f"Performance: {p.metric} {p.window:.4g} on {p.labelled_rows} labelled records, "
-                     f"{p.reference:.4g} at registration ({p.degradation:+.0%} error; limit +{max_degradation:.0%}).")
+        lines.append(
+            f"Performance: {p.metric} {p.window:.4g} on {p.labelled_rows} labelled records, "
+            f"{p.reference:.4g} at registration ({p.degradation:+.0%} error; limit +{max_degradation:.0%})."
+        )
         lines.append("")
-    lines += [f"Window: {result.window_start} to {result.window_end}.", "", f"What happens next: {next_step}", "",
-              "The Evidently report and the JSON summary are attached."]
+    lines += [
+        f"Window: {result.window_start} to {result.window_end}.",
+        "",
+        f"What happens next: {next_step}",
+        "",
+        "The Evidently report and the JSON summary are attached.",
+    ]
     return "\n".join(lines)
 
 
@@ -138,7 +176,9 @@ def alert_params(paths: ProjectPaths) -> AlertParams:
         return AlertParams()
 
 
-def queue_alert(paths: ProjectPaths, alerts: AlertParams, subject: str, body: str, attachments: list[Path] = ()) -> Path:
+def queue_alert(
+    paths: ProjectPaths, alerts: AlertParams, subject: str, body: str, attachments: list[Path] = ()
+) -> Path:
     return Outbox.for_project(paths.root).put(compose(subject, body, alerts, list(attachments)))
 
 

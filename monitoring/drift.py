@@ -20,8 +20,8 @@ import pandas as pd
 
 from loopline.config import MonitorParams
 from loopline.features import class_probabilities
-from loopline.schema import FeatureSchema
 from loopline.metrics import primary_metric, task_metrics
+from loopline.schema import FeatureSchema
 
 PREDICTION = "prediction"
 REFERENCE_ROWS = 50_000
@@ -76,29 +76,48 @@ class CheckResult:
     def summary(self) -> str:
         """One paragraph for people: the verdict and what it rests on."""
         if self.verdict == "insufficient data":
-            return (f"insufficient data: {self.rows} served records in the window, fewer than the "
-                    f"{self.min_rows} needed to judge drift; no verdict")
+            return (
+                f"insufficient data: {self.rows} served records in the window, fewer than the "
+                f"{self.min_rows} needed to judge drift; no verdict"
+            )
         parts = [f"{self.verdict}: {self.rows} served records, model {self.model_version}"]
         if self.drift_share is not None:
-            parts.append(f"{len(self.drifted)} of {len(self.columns)} columns drifted "
-                         f"(share {self.drift_share:.2f}, threshold {self.share_threshold:.2f})")
+            parts.append(
+                f"{len(self.drifted)} of {len(self.columns)} columns drifted "
+                f"(share {self.drift_share:.2f}, threshold {self.share_threshold:.2f})"
+            )
         if self.performance is not None:
             p = self.performance
-            parts.append(f"{p.metric} {p.window:.4g} on {p.labelled_rows} labelled records against {p.reference:.4g} "
-                         f"at registration ({p.degradation:+.0%} error)")
+            parts.append(
+                f"{p.metric} {p.window:.4g} on {p.labelled_rows} labelled records against {p.reference:.4g} "
+                f"at registration ({p.degradation:+.0%} error)"
+            )
         return "; ".join(parts)
 
 
-def check_window(window: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSchema, params: MonitorParams,
-                 *, model_version: str, reference_metrics: dict[str, float], window_start: datetime,
-                 window_end: datetime) -> tuple[CheckResult, dict[str, Any]]:
+def check_window(
+    window: pd.DataFrame,
+    reference: pd.DataFrame,
+    schema: FeatureSchema,
+    params: MonitorParams,
+    *,
+    model_version: str,
+    reference_metrics: dict[str, float],
+    window_start: datetime,
+    window_end: datetime,
+) -> tuple[CheckResult, dict[str, Any]]:
     """Judge one window. `window`: request-log rows (features and `prediction`) with the target column
     where a label arrived (NaN elsewhere). `reference`: training rows with the target and the model's
     `prediction` on them (see reference_frame). Returns the result and Evidently's snapshots by name:
     "drift" (every served record) and, with enough labels, "performance" (the labelled ones)."""
-    result = CheckResult(model_version=model_version, window_start=window_start.isoformat(),
-                         window_end=window_end.isoformat(), rows=len(window), verdict="insufficient data",
-                         min_rows=params.min_rows)
+    result = CheckResult(
+        model_version=model_version,
+        window_start=window_start.isoformat(),
+        window_end=window_end.isoformat(),
+        rows=len(window),
+        verdict="insufficient data",
+        min_rows=params.min_rows,
+    )
     if len(window) < params.min_rows:
         return result, {}
     from evidently import Dataset, Report
@@ -106,14 +125,22 @@ def check_window(window: pd.DataFrame, reference: pd.DataFrame, schema: FeatureS
 
     columns = [*(c.name for c in schema.features), PREDICTION]
     drift = params.drift
-    preset = DataDriftPreset(columns=columns, drift_share=drift.share, num_method=drift.num_method,
-                             cat_method=drift.cat_method, threshold=drift.threshold,
-                             per_column_method=drift.per_column_method or None,
-                             per_column_threshold=drift.per_column_threshold or None)
+    preset = DataDriftPreset(
+        columns=columns,
+        drift_share=drift.share,
+        num_method=drift.num_method,
+        cat_method=drift.cat_method,
+        threshold=drift.threshold,
+        per_column_method=drift.per_column_method or None,
+        per_column_threshold=drift.per_column_threshold or None,
+    )
     plain = _definition(schema, with_target=False)
-    snapshots = {"drift": Report([preset], include_tests=True).run(
-        Dataset.from_pandas(window[columns], data_definition=plain),
-        Dataset.from_pandas(reference[columns], data_definition=plain))}
+    snapshots = {
+        "drift": Report([preset], include_tests=True).run(
+            Dataset.from_pandas(window[columns], data_definition=plain),
+            Dataset.from_pandas(reference[columns], data_definition=plain),
+        )
+    }
     result.columns, result.drift_share = _column_drift(snapshots["drift"].dict())
     result.share_threshold = drift.share
 
@@ -124,11 +151,13 @@ def check_window(window: pd.DataFrame, reference: pd.DataFrame, schema: FeatureS
         with_target = _definition(schema, with_target=True)
         snapshots["performance"] = Report([_performance_preset(schema)]).run(
             Dataset.from_pandas(labelled[columns + [target]], data_definition=with_target),
-            Dataset.from_pandas(reference[columns + [target]], data_definition=with_target))
+            Dataset.from_pandas(reference[columns + [target]], data_definition=with_target),
+        )
     drifting = result.drift_share >= drift.share
     degraded = result.performance is not None and result.performance.degraded
-    result.verdict = ("drift and degraded" if drifting and degraded else "drift" if drifting
-                      else "degraded" if degraded else "ok")
+    result.verdict = (
+        "drift and degraded" if drifting and degraded else "drift" if drifting else "degraded" if degraded else "ok"
+    )
     return result, snapshots
 
 
@@ -160,35 +189,54 @@ def _performance_preset(schema: FeatureSchema) -> Any:
     return RegressionPreset() if schema.task.value == "regression" else ClassificationPreset()
 
 
-def _performance(labelled: pd.DataFrame, schema: FeatureSchema, params: MonitorParams,
-                 reference_metrics: dict[str, float]) -> Performance:
+def _performance(
+    labelled: pd.DataFrame, schema: FeatureSchema, params: MonitorParams, reference_metrics: dict[str, float]
+) -> Performance:
     from loopline.metrics import error_of
 
     metric = primary_metric(schema.task.value)
     y = labelled[schema.target].to_numpy()
     if schema.task.is_classification:  # accuracy from the predicted classes
-        value = float(np.mean(labelled[PREDICTION].astype(str).to_numpy() == labelled[schema.target].astype(str).to_numpy()))
+        value = float(
+            np.mean(labelled[PREDICTION].astype(str).to_numpy() == labelled[schema.target].astype(str).to_numpy())
+        )
     else:
         value = task_metrics("regression", y.astype(np.float64), labelled[PREDICTION].to_numpy(np.float64))[metric]
     reference = float(reference_metrics[metric])
     ref_error, error = error_of(metric, reference), error_of(metric, value)
     degradation = (error - ref_error) / ref_error if ref_error > 0 else float("inf") if error > 0 else 0.0
-    return Performance(metric=metric, window=value, reference=reference, degradation=degradation,
-                       degraded=degradation > params.max_degradation, labelled_rows=len(labelled))
+    return Performance(
+        metric=metric,
+        window=value,
+        reference=reference,
+        degradation=degradation,
+        degraded=degradation > params.max_degradation,
+        labelled_rows=len(labelled),
+    )
 
 
 def _column_drift(report: dict[str, Any]) -> tuple[list[ColumnDrift], float]:
     """Per-column drift from the test statuses (a FAIL means the column drifted: the score's direction
     depends on the method), and the drifted share."""
-    failed = {t["metric_config"]["params"]["column"]: str(t["status"]).endswith("FAIL")
-              for t in report.get("tests", []) if t["metric_config"]["params"].get("type") == "evidently:metric_v2:ValueDrift"}
+    failed = {
+        t["metric_config"]["params"]["column"]: str(t["status"]).endswith("FAIL")
+        for t in report.get("tests", [])
+        if t["metric_config"]["params"].get("type") == "evidently:metric_v2:ValueDrift"
+    }
     columns, share = [], 0.0
     for m in report["metrics"]:
         kind = m["config"]["type"]
         if kind == "evidently:metric_v2:ValueDrift":
             name = m["config"]["column"]
-            columns.append(ColumnDrift(name, m["config"]["method"], float(m["config"]["threshold"]),
-                                       float(m["value"]), failed.get(name, False)))
+            columns.append(
+                ColumnDrift(
+                    name,
+                    m["config"]["method"],
+                    float(m["config"]["threshold"]),
+                    float(m["value"]),
+                    failed.get(name, False),
+                )
+            )
         elif kind == "evidently:metric_v2:DriftedColumnsCount":
             share = float(m["value"]["share"])
     return columns, share
@@ -218,7 +266,9 @@ def add_to_workspace(snapshots: dict[str, Any], workspace: Path, project_name: s
         ws.add_run(project.id, snapshot, include_data=False)
 
 
-def reference_frame(reference: pd.DataFrame, schema: FeatureSchema, predictions: np.ndarray, seed: int = 0) -> pd.DataFrame:
+def reference_frame(
+    reference: pd.DataFrame, schema: FeatureSchema, predictions: np.ndarray, seed: int = 0
+) -> pd.DataFrame:
     """Training rows with the model's predictions as the log records them, sampled to REFERENCE_ROWS."""
     frame = reference[[c.name for c in schema.features] + [schema.target]].copy()
     if schema.task.is_classification:
@@ -231,4 +281,3 @@ def reference_frame(reference: pd.DataFrame, schema: FeatureSchema, predictions:
     if len(frame) > REFERENCE_ROWS:
         frame = frame.sample(REFERENCE_ROWS, random_state=seed)
     return frame.reset_index(drop=True)
-

@@ -34,18 +34,31 @@ def read_parquet_files(files: list[Path]) -> pd.DataFrame:
     return out
 
 
-def served_window(request_log: Path, ground_truth: Path, schema: FeatureSchema, start: datetime,
-                  end: datetime) -> pd.DataFrame:
+def served_window(
+    request_log: Path, ground_truth: Path, schema: FeatureSchema, start: datetime, end: datetime
+) -> pd.DataFrame:
     """Rows served in [start, end) (timezone-aware UTC datetimes), with `schema.target` where labelled."""
     rows = read_parquet_files(_files(request_log, start, end))
     if rows.empty:
-        return pd.DataFrame(columns=["request_id", "record", "served_at", "model_version",
-                                     *(c.name for c in schema.features), "prediction", schema.target])
+        return pd.DataFrame(
+            columns=[
+                "request_id",
+                "record",
+                "served_at",
+                "model_version",
+                *(c.name for c in schema.features),
+                "prediction",
+                schema.target,
+            ]
+        )
     rows = rows[(rows["served_at"] >= pd.Timestamp(start)) & (rows["served_at"] < pd.Timestamp(end))]
     labels = read_parquet_files(_files(ground_truth, start, datetime.now(start.tzinfo) + timedelta(days=1)))
     if labels.empty:
         return rows.assign(**{schema.target: pd.NA}).reset_index(drop=True)
-    labels = (labels.sort_values("received_at").drop_duplicates(["request_id", "record"], keep="last")
-              [["request_id", "record", schema.target]])
+    labels = labels.sort_values("received_at").drop_duplicates(["request_id", "record"], keep="last")[
+        ["request_id", "record", schema.target]
+    ]
     rows = rows.astype({"request_id": str})
-    return rows.merge(labels.astype({"request_id": str}), on=["request_id", "record"], how="left").reset_index(drop=True)
+    return rows.merge(labels.astype({"request_id": str}), on=["request_id", "record"], how="left").reset_index(
+        drop=True
+    )

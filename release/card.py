@@ -58,12 +58,16 @@ def lineage(paths: ProjectPaths, schema: FeatureSchema, evidence: dict[str, Any]
     params = yaml.safe_load(paths.params.read_text()) or {}
     dirty = _git(paths.root, "status", "--porcelain", "--untracked-files=no")
     return {
-        "schema": schema.name, "task": schema.task.value, "target": schema.target,
+        "schema": schema.name,
+        "task": schema.task.value,
+        "target": schema.target,
         "data": data_version(paths),
-        "params": params, "seed": params.get("seed"),
+        "params": params,
+        "seed": params.get("seed"),
         "git": {"commit": _git(paths.root, "rev-parse", "HEAD"), "dirty": bool(dirty) if dirty is not None else None},
         "packages": package_versions(),
-        "metrics": evidence["metrics"], "slices": evidence["slices"],
+        "metrics": evidence["metrics"],
+        "slices": evidence["slices"],
         "training": _without_histories(evidence["training"]),
         "checks": evidence["training"].get("checks"),
         "skipped_checks": evidence["training"].get("skipped_checks", []),
@@ -87,34 +91,39 @@ def split_method(meta: dict[str, Any]) -> str:
 def model_card(version_id: str, meta: dict[str, Any], schema: FeatureSchema) -> str:
     m = meta["metrics"]
     names = [k for k in m["model"]]
-    rows = [f"| {who} | " + " | ".join(f"{m[who].get(n, float('nan')):.4g}" for n in names) + " |"
-            for who in m if who != "rows"]
+    rows = [
+        f"| {who} | " + " | ".join(f"{m[who].get(n, float('nan')):.4g}" for n in names) + " |"
+        for who in m
+        if who != "rows"
+    ]
     gate = meta["gate"]
-    features = "\n".join(f"| `{c.name}` | {c.kind.value} | {'yes' if c.nullable else 'no'} | {c.description or ''} |"
-                         for c in schema.features)
+    features = "\n".join(
+        f"| `{c.name}` | {c.kind.value} | {'yes' if c.nullable else 'no'} | {c.description or ''} |"
+        for c in schema.features
+    )
     failed = [r for r in gate["rules"] if not r["passed"]]
     git = meta["git"]
     return f"""# Model card: {schema.name} {version_id}
 
 - **Task**: {schema.task.value} on `{schema.target}`
-- **Registered**: {meta.get('registered_at', now())}
-- **Gate**: {'passed' if gate['passed'] else 'FAILED'} ({len(gate['rules']) - len(failed)} of {len(gate['rules'])} rules){'; champion ' + gate['champion'] if gate['champion'] else '; first model, no champion'}
-- **Code**: git {git['commit'] or 'unknown'}{' (uncommitted changes)' if git['dirty'] else ''}
-- **Data**: {', '.join(f'{k} {v}' for k, v in meta['data'].get('outs', {}).items()) or 'no dvc.lock'}
-- **Seed**: {meta['seed']}; skipped recipe checks: {meta['skipped_checks'] or 'none'}
+- **Registered**: {meta.get("registered_at", now())}
+- **Gate**: {"passed" if gate["passed"] else "FAILED"} ({len(gate["rules"]) - len(failed)} of {len(gate["rules"])} rules){"; champion " + gate["champion"] if gate["champion"] else "; first model, no champion"}
+- **Code**: git {git["commit"] or "unknown"}{" (uncommitted changes)" if git["dirty"] else ""}
+- **Data**: {", ".join(f"{k} {v}" for k, v in meta["data"].get("outs", {}).items()) or "no dvc.lock"}
+- **Seed**: {meta["seed"]}; skipped recipe checks: {meta["skipped_checks"] or "none"}
 
 ## Intended use
 Predicts `{schema.target}` for rows shaped like the schema below, through Loopline's HTTP service.
 It was evaluated on {HELD_OUT[split_method(meta)]}; watch the drift reports before trusting it on
 data unlike that.
 
-## Test metrics ({m['rows']} rows), next to the baselines
-| model | {' | '.join(names)} |
-|---|{'---:|' * len(names)}
+## Test metrics ({m["rows"]} rows), next to the baselines
+| model | {" | ".join(names)} |
+|---|{"---:|" * len(names)}
 {chr(10).join(rows)}
 
 ## Gate rules that failed
-{chr(10).join(f"- `{r['name']}`: {r['value']} vs {r['threshold']} {r['detail']}" for r in failed) or 'none'}
+{chr(10).join(f"- `{r['name']}`: {r['value']} vs {r['threshold']} {r['detail']}" for r in failed) or "none"}
 
 ## Inputs
 | feature | kind | nullable | description |
@@ -122,7 +131,7 @@ data unlike that.
 {features}
 
 ## Training
-{json.dumps(meta['training'], indent=2, default=str)}
+{json.dumps(meta["training"], indent=2, default=str)}
 """
 
 

@@ -86,8 +86,10 @@ def cmd_list(args: argparse.Namespace, paths: ProjectPaths) -> int:
         model = meta["metrics"]["model"]
         first = next(iter(model))
         mark = "* " if v.id == production else "  "
-        print(f"{mark}{v.id:18}{meta['registered_at']:27}{'pass' if meta['gate']['passed'] else 'FAIL':8}"
-              f"{meta['schema']:24}{first} {model[first]:.4g}")
+        print(
+            f"{mark}{v.id:18}{meta['registered_at']:27}{'pass' if meta['gate']['passed'] else 'FAIL':8}"
+            f"{meta['schema']:24}{first} {model[first]:.4g}"
+        )
     return 0
 
 
@@ -115,8 +117,10 @@ def cmd_verify(args: argparse.Namespace, paths: ProjectPaths) -> int:
         print(f"repaired {line}")
     for line in report.problems:
         print(f"PROBLEM {line}")
-    print(f"{report.checked} version(s) checked: "
-          + ("registry, pointer and store agree" if report.ok else f"{len(report.problems)} problem(s) left"))
+    print(
+        f"{report.checked} version(s) checked: "
+        + ("registry, pointer and store agree" if report.ok else f"{len(report.problems)} problem(s) left")
+    )
     return 0 if report.ok else 1
 
 
@@ -125,8 +129,10 @@ JOBS = {
     "monitor": (["-m", "flows.monitor"], "the monitoring flow: check the served traffic, alert, retrain"),
     "tune": (["-m", "models.tune"], "hyperparameter search (tune: in params.yaml); writes tuned.yaml"),
     "cv": (["-m", "models.crossval"], "cross-validation of the training settings (cv: in params.yaml)"),
-    "serve": (["-m", "bentoml", "serve", "serving.service:Predictor", "--host", "127.0.0.1"],
-              "the HTTP service over the production model (BentoML; --port, default 3000)"),
+    "serve": (
+        ["-m", "bentoml", "serve", "serving.service:Predictor", "--host", "127.0.0.1"],
+        "the HTTP service over the production model (BentoML; --port, default 3000)",
+    ),
     "deploy": (["-m", "flows.serve"], "the scheduled Prefect deployments (training, monitoring, tuning)"),
     "demo": (["-m", "flows.demo"], "the closed loop on the bike data, end to end"),
 }
@@ -135,9 +141,15 @@ JOBS = {
 
 def tool_state_defaults(paths: ProjectPaths) -> dict[str, str]:
     """Tool state inside the project, as `make` keeps it, unless the environment says otherwise."""
-    return {"PREFECT_HOME": str(paths.state_dir / "prefect"), "BENTOML_HOME": str(paths.state_dir / "bentoml"),
-            "BENTOML_DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
-            "DVC_SITE_CACHE_DIR": str(paths.state_dir / "dvc-site-cache"), "MPLBACKEND": "Agg"}
+    return {
+        "PREFECT_HOME": str(paths.state_dir / "prefect"),
+        "BENTOML_HOME": str(paths.state_dir / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(paths.state_dir / "dvc-site-cache"),
+        "MPLBACKEND": "Agg",
+    }
 
 
 def run_job(name: str, args: list[str]) -> int:
@@ -149,9 +161,12 @@ def run_job(name: str, args: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loopline", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser = argparse.ArgumentParser(
+        prog="loopline",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, summary) in JOBS.items():
         p = sub.add_parser(name, help=summary, add_help=False)  # --help goes to the job itself

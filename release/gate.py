@@ -45,13 +45,21 @@ class GateReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "champion": self.champion, "notes": self.notes,
-                "rules": [asdict(r) for r in self.rules]}
+        return {
+            "passed": self.passed,
+            "champion": self.champion,
+            "notes": self.notes,
+            "rules": [asdict(r) for r in self.rules],
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "GateReport":
-        return cls(bool(raw["passed"]), [Rule(**r) for r in raw.get("rules", [])], raw.get("champion"),
-                   list(raw.get("notes", [])))
+        return cls(
+            bool(raw["passed"]),
+            [Rule(**r) for r in raw.get("rules", [])],
+            raw.get("champion"),
+            list(raw.get("notes", [])),
+        )
 
     @property
     def failures(self) -> list[Rule]:
@@ -59,8 +67,9 @@ class GateReport:
 
     def summary(self) -> str:
         head = f"gate {'PASSED' if self.passed else 'FAILED'}: {len(self.rules) - len(self.failures)} of {len(self.rules)} rules passed"
-        lines = [head] + [f"  FAIL {r.name}: {r.value} vs {r.threshold}{' - ' + r.detail if r.detail else ''}"
-                          for r in self.failures]
+        lines = [head] + [
+            f"  FAIL {r.name}: {r.value} vs {r.threshold}{' - ' + r.detail if r.detail else ''}" for r in self.failures
+        ]
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
@@ -103,13 +112,23 @@ def _finite(x: Any) -> bool:
 def judge(rules: GateParams | None, ev: Evidence) -> GateReport:
     """Every rule family in turn; the verdict passes only when every rule passed."""
     if rules is None:
-        missing = Rule("rule_set", None, "a non-empty params.yaml gate section", False,
-                       "no gate rules: a missing or empty rule set fails closed")
+        missing = Rule(
+            "rule_set",
+            None,
+            "a non-empty params.yaml gate section",
+            False,
+            "no gate rules: a missing or empty rule set fails closed",
+        )
         return GateReport(False, [missing], ev.champion, [])
     notes: list[str] = []
     compare = [m for m in rules.compare_metrics if m in ev.metrics]
-    out = [*threshold_rules(rules, ev), *baseline_rules(rules, ev, compare),
-           *champion_rules(rules, ev, compare, notes), *recipe_check_rules(ev, notes), *parity_rules(ev)]
+    out = [
+        *threshold_rules(rules, ev),
+        *baseline_rules(rules, ev, compare),
+        *champion_rules(rules, ev, compare, notes),
+        *recipe_check_rules(ev, notes),
+        *parity_rules(ev),
+    ]
     return GateReport(all(r.passed for r in out), out, ev.champion, notes)
 
 
@@ -117,8 +136,15 @@ def threshold_rules(rules: GateParams, ev: Evidence) -> list[Rule]:
     """Absolute limits on the test metrics; a rule set of which none applies to the task fails."""
     applicable = {m: lim for m, lim in rules.thresholds.items() if m in ev.metrics}
     if not applicable:
-        return [Rule("thresholds", sorted(rules.thresholds), f"limits on some of {sorted(ev.metrics)}", False,
-                     "no absolute threshold applies to this task's metrics")]
+        return [
+            Rule(
+                "thresholds",
+                sorted(rules.thresholds),
+                f"limits on some of {sorted(ev.metrics)}",
+                False,
+                "no absolute threshold applies to this task's metrics",
+            )
+        ]
     out = []
     for metric, limits in applicable.items():
         value = ev.metrics[metric]
@@ -134,20 +160,35 @@ def baseline_rules(rules: GateParams, ev: Evidence, compare: list[str]) -> list[
     """The candidate cuts each named baseline's error by baseline_margin on every compare metric."""
     out = []
     if not compare:
-        out.append(Rule("compare_metrics", rules.compare_metrics, f"some of {sorted(ev.metrics)}", False,
-                        "no metric to compare against baselines and champion"))
+        out.append(
+            Rule(
+                "compare_metrics",
+                rules.compare_metrics,
+                f"some of {sorted(ev.metrics)}",
+                False,
+                "no metric to compare against baselines and champion",
+            )
+        )
     wanted = [b for b in rules.baselines if b in ev.baselines]
     if not rules.baselines:
         out.append(Rule("baselines", None, "baselines to beat", False, "no baselines named in gate.baselines"))
     elif not wanted:
-        out.append(Rule("baselines", rules.baselines, sorted(ev.baselines), False,
-                        "none of the named baselines was evaluated"))
+        out.append(
+            Rule("baselines", rules.baselines, sorted(ev.baselines), False, "none of the named baselines was evaluated")
+        )
     margin = rules.baseline_margin
     for name in wanted:
         for metric in compare:
             ok, bound = _better(metric, ev.metrics[metric], ev.baselines[name][metric], margin)
-            out.append(Rule(f"beats:{name}:{metric}", ev.metrics[metric], round(bound, 6),
-                            ok and _finite(ev.metrics[metric]), f"{name} {ev.baselines[name][metric]:.6g}, margin {margin:g}"))
+            out.append(
+                Rule(
+                    f"beats:{name}:{metric}",
+                    ev.metrics[metric],
+                    round(bound, 6),
+                    ok and _finite(ev.metrics[metric]),
+                    f"{name} {ev.baselines[name][metric]:.6g}, margin {margin:g}",
+                )
+            )
     return out
 
 
@@ -157,14 +198,28 @@ def champion_rules(rules: GateParams, ev: Evidence, compare: list[str], notes: l
         notes.append("first model: there is no production model to compare with")
         return []
     if ev.champion_metrics is None:
-        return [Rule("champion", ev.champion, "comparable on the same test rows", False,
-                     "the production model could not be scored on the candidate's test rows")]
+        return [
+            Rule(
+                "champion",
+                ev.champion,
+                "comparable on the same test rows",
+                False,
+                "the production model could not be scored on the candidate's test rows",
+            )
+        ]
     tolerance = rules.champion_tolerance
     out = []
     for metric in compare:
         ok, bound = _not_worse(metric, ev.metrics[metric], ev.champion_metrics[metric], tolerance)
-        out.append(Rule(f"champion:{metric}", ev.metrics[metric], round(bound, 6), ok,
-                        f"production {ev.champion} {ev.champion_metrics[metric]:.6g}, tolerance {tolerance:g}"))
+        out.append(
+            Rule(
+                f"champion:{metric}",
+                ev.metrics[metric],
+                round(bound, 6),
+                ok,
+                f"production {ev.champion} {ev.champion_metrics[metric]:.6g}, tolerance {tolerance:g}",
+            )
+        )
     for column, values in ev.slices.items():
         for value, cand in values.items():
             champ = (ev.champion_slices or {}).get(column, {}).get(value)
@@ -174,8 +229,15 @@ def champion_rules(rules: GateParams, ev: Evidence, compare: list[str], notes: l
                 if not (_finite(cand.get(metric)) and _finite(champ.get(metric))):
                     continue
                 ok, bound = _not_worse(metric, cand[metric], champ[metric], tolerance)
-                out.append(Rule(f"champion:{column}={value}:{metric}", cand[metric], round(bound, 6), ok,
-                                f"production {champ[metric]:.6g} on {cand['rows']} rows"))
+                out.append(
+                    Rule(
+                        f"champion:{column}={value}:{metric}",
+                        cand[metric],
+                        round(bound, 6),
+                        ok,
+                        f"production {champ[metric]:.6g} on {cand['rows']} rows",
+                    )
+                )
     return out
 
 
@@ -196,5 +258,12 @@ def parity_rules(ev: Evidence) -> list[Rule]:
         return [Rule("export_parity", None, "parity report", False, "no parity report")]
     same_file = ev.parity.get("onnx_sha256") == ev.onnx_sha256
     ok = bool(ev.parity.get("passed")) and same_file
-    return [Rule("export_parity", ev.parity.get("max_abs_diff"), f"<= {ev.parity.get('atol')} + {ev.parity.get('rtol')} x |y|",
-                 ok, "" if same_file else "the parity report was made for another ONNX file")]
+    return [
+        Rule(
+            "export_parity",
+            ev.parity.get("max_abs_diff"),
+            f"<= {ev.parity.get('atol')} + {ev.parity.get('rtol')} x |y|",
+            ok,
+            "" if same_file else "the parity report was made for another ONNX file",
+        )
+    ]

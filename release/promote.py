@@ -28,8 +28,17 @@ from loopline.errors import LooplineError
 from loopline.features import encode_target
 from loopline.metrics import metrics_by_slice, task_metrics
 from loopline.paths import MODEL_FILES, ProjectPaths
-from loopline.registry import (EXPECTED_FILE, GOLDEN_FILE, REFERENCE_FILE, SCHEMA_FILE, TEST_ROWS_FILE, Registry,
-                               RegistryError, Version, sha256_file)
+from loopline.registry import (
+    EXPECTED_FILE,
+    GOLDEN_FILE,
+    REFERENCE_FILE,
+    SCHEMA_FILE,
+    TEST_ROWS_FILE,
+    Registry,
+    RegistryError,
+    Version,
+    sha256_file,
+)
 from loopline.runtime import onnx_session, predict_frame, reproduces_golden
 from loopline.schema import FeatureSchema, load_schema
 from release.card import lineage, model_card
@@ -37,7 +46,6 @@ from release.gate import Evidence, GateReport, judge
 from release.store import save_to_bentoml
 
 log = logging.getLogger(__name__)
-
 
 
 class PromotionRefused(LooplineError):
@@ -54,8 +62,9 @@ def version_schema(version: Version) -> FeatureSchema:
     return load_schema(version.file(SCHEMA_FILE))
 
 
-def score_version(version: Version, frame: pd.DataFrame, schema: FeatureSchema, slice_columns: list[str],
-                  min_slice_rows: int) -> tuple[dict[str, float], dict[str, Any]] | None:
+def score_version(
+    version: Version, frame: pd.DataFrame, schema: FeatureSchema, slice_columns: list[str], min_slice_rows: int
+) -> tuple[dict[str, float], dict[str, Any]] | None:
     """A registered model's metrics on the given rows, overall and per slice; None if it cannot score
     them (another task or target, or feature columns it needs are missing)."""
     champion_schema = version_schema(version)
@@ -87,8 +96,17 @@ class Candidate:
 
 
 def load_candidate(paths: ProjectPaths) -> Candidate:
-    missing = [p for p in (paths.onnx_file, paths.golden_expected, paths.evaluate_metrics, paths.evaluate_slices,
-                           paths.model_dir / MODEL_FILES["training"]) if not p.is_file()]
+    missing = [
+        p
+        for p in (
+            paths.onnx_file,
+            paths.golden_expected,
+            paths.evaluate_metrics,
+            paths.evaluate_slices,
+            paths.model_dir / MODEL_FILES["training"],
+        )
+        if not p.is_file()
+    ]
     if missing:
         raise PromotionRefused(f"no complete candidate: {[str(p) for p in missing]} missing; run `dvc repro` first")
     return Candidate(
@@ -102,12 +120,26 @@ def load_candidate(paths: ProjectPaths) -> Candidate:
     )
 
 
-def gather_evidence(cand_metrics: dict[str, Any], slices: dict[str, Any], checks: list | None,
-                    parity: dict | None, onnx_sha: str, schema: FeatureSchema, test: pd.DataFrame,
-                    registry: Registry, min_slice_rows: int) -> Evidence:
+def gather_evidence(
+    cand_metrics: dict[str, Any],
+    slices: dict[str, Any],
+    checks: list | None,
+    parity: dict | None,
+    onnx_sha: str,
+    schema: FeatureSchema,
+    test: pd.DataFrame,
+    registry: Registry,
+    min_slice_rows: int,
+) -> Evidence:
     baselines = {k: v for k, v in cand_metrics.items() if k not in ("model", "rows")}
-    ev = Evidence(metrics=cand_metrics["model"], slices=slices, baselines=baselines, checks=checks,
-                  parity=parity, onnx_sha256=onnx_sha)
+    ev = Evidence(
+        metrics=cand_metrics["model"],
+        slices=slices,
+        baselines=baselines,
+        checks=checks,
+        parity=parity,
+        onnx_sha256=onnx_sha,
+    )
     champion = registry.production()
     if champion is not None:
         ev.champion = champion
@@ -126,17 +158,34 @@ def register_candidate(paths: ProjectPaths, registry: Registry) -> tuple[Version
     params = load_params(paths.params)
     cand = load_candidate(paths)
     sha = sha256_file(cand.onnx_file)
-    ev = gather_evidence(cand.metrics, cand.slices, cand.training.get("checks"), cand.parity, sha, cand.schema,
-                         cand.test, registry, params.evaluate.min_slice_rows)
+    ev = gather_evidence(
+        cand.metrics,
+        cand.slices,
+        cand.training.get("checks"),
+        cand.parity,
+        sha,
+        cand.schema,
+        cand.test,
+        registry,
+        params.evaluate.min_slice_rows,
+    )
     report = judge(params.gate, ev)
-    meta = lineage(paths, cand.schema, {"metrics": cand.metrics, "slices": cand.slices, "training": cand.training,
-                                        "parity": cand.parity}, report)
+    meta = lineage(
+        paths,
+        cand.schema,
+        {"metrics": cand.metrics, "slices": cand.slices, "training": cand.training, "parity": cand.parity},
+        report,
+    )
     staging = paths.state_dir / "registry-staging"
     staging.mkdir(parents=True, exist_ok=True)
     cand.test.to_parquet(staging / TEST_ROWS_FILE, index=False)
-    files = {SCHEMA_FILE: paths.model_dir / MODEL_FILES["schema"], GOLDEN_FILE: paths.golden_batch,
-             EXPECTED_FILE: paths.golden_expected, TEST_ROWS_FILE: staging / TEST_ROWS_FILE,
-             REFERENCE_FILE: paths.split("train")}
+    files = {
+        SCHEMA_FILE: paths.model_dir / MODEL_FILES["schema"],
+        GOLDEN_FILE: paths.golden_batch,
+        EXPECTED_FILE: paths.golden_expected,
+        TEST_ROWS_FILE: staging / TEST_ROWS_FILE,
+        REFERENCE_FILE: paths.split("train"),
+    }
     version, created = registry.register(cand.onnx_file, files, meta, model_card(sha[:16], meta, cand.schema))
     report = report if created else GateReport.from_dict(version.metadata["gate"])
     write_json(paths.gate_verdict, {"version": version.id, **report.to_dict()})
@@ -150,8 +199,10 @@ def verify_loads(version: Version) -> None:
     except Exception as exc:  # onnxruntime raises its own types on a broken graph or input
         raise PromotionRefused(f"{version.model}: ONNX Runtime cannot run the model: {exc}") from exc
     if not ok:
-        raise PromotionRefused(f"{version.model}: ONNX Runtime's predictions on the golden batch differ from "
-                               "the ones recorded at registration")
+        raise PromotionRefused(
+            f"{version.model}: ONNX Runtime's predictions on the golden batch differ from "
+            "the ones recorded at registration"
+        )
 
 
 def rejudge(version: Version, registry: Registry, rules: GateParams | None, min_slice_rows: int) -> GateReport:
@@ -160,12 +211,23 @@ def rejudge(version: Version, registry: Registry, rules: GateParams | None, min_
     schema = version_schema(version)
     test = pd.read_parquet(version.file(TEST_ROWS_FILE))
     checks = meta.get("checks")
-    ev = gather_evidence(meta["metrics"], meta["slices"], checks, meta.get("parity"), meta["sha256"], schema, test,
-                         registry, min_slice_rows)
+    ev = gather_evidence(
+        meta["metrics"],
+        meta["slices"],
+        checks,
+        meta.get("parity"),
+        meta["sha256"],
+        schema,
+        test,
+        registry,
+        min_slice_rows,
+    )
     return judge(rules, ev)
 
 
-def promote(paths: ProjectPaths, registry: Registry, version_id: str, *, force_reason: str | None = None) -> dict[str, Any]:
+def promote(
+    paths: ProjectPaths, registry: Registry, version_id: str, *, force_reason: str | None = None
+) -> dict[str, Any]:
     params = load_params(paths.params)
     with registry.locked():
         version = registry.get(version_id)
@@ -180,17 +242,32 @@ def promote(paths: ProjectPaths, registry: Registry, version_id: str, *, force_r
             return {"version": version.id, "changed": False}
         if production != report.champion:
             report = rejudge(version, registry, params.gate, params.evaluate.min_slice_rows)
-            log.info("production changed since %s was judged; judged again against %s: %s",
-                     version.id, production, "passed" if report.passed else "failed")
+            log.info(
+                "production changed since %s was judged; judged again against %s: %s",
+                version.id,
+                production,
+                "passed" if report.passed else "failed",
+            )
         if not report.passed and not force_reason:
-            raise PromotionRefused(f"version {version.id} did not pass the gate; promoting it anyway takes "
-                                   f"--force with a --reason.\n{report.summary()}")
+            raise PromotionRefused(
+                f"version {version.id} did not pass the gate; promoting it anyway takes "
+                f"--force with a --reason.\n{report.summary()}"
+            )
         save_to_bentoml(version)  # before the pointer moves: a failure here leaves production as it was
-        event = {"event": "promoted", "gate_passed": report.passed, "forced": bool(force_reason and not report.passed),
-                 "reason": force_reason, "gate": report.to_dict()}
+        event = {
+            "event": "promoted",
+            "gate_passed": report.passed,
+            "forced": bool(force_reason and not report.passed),
+            "reason": force_reason,
+            "gate": report.to_dict(),
+        }
         state = registry.set_production(version.id, event)
-    return {"version": version.id, "changed": True, "previous": state["previous"][-1:] or None,
-            "forced": event["forced"]}
+    return {
+        "version": version.id,
+        "changed": True,
+        "previous": state["previous"][-1:] or None,
+        "forced": event["forced"],
+    }
 
 
 def rollback(paths: ProjectPaths, registry: Registry, reason: str) -> tuple[str, str]:
@@ -205,5 +282,3 @@ def rollback(paths: ProjectPaths, registry: Registry, reason: str) -> tuple[str,
             save_to_bentoml(target)
         old, new = registry.rollback(reason)
     return old, new
-
-

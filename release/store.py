@@ -41,9 +41,11 @@ def save_to_bentoml(version: Version) -> str:
         log.warning("BentoML's store copy of %s differs from the registry in %s: saving it again", version.id, differ)
         bentoml.models.delete(tag)
     meta = version.metadata
-    with bentoml.models.create(tag,
-                               labels={"schema": meta["schema"], "task": meta["task"]},
-                               metadata={"sha256": meta["sha256"], "gate_passed": meta["gate"]["passed"]}) as model:
+    with bentoml.models.create(
+        tag,
+        labels={"schema": meta["schema"], "task": meta["task"]},
+        metadata={"sha256": meta["sha256"], "gate_passed": meta["gate"]["passed"]},
+    ) as model:
         for name in STORE_FILES:
             Path(model.path_of(name)).write_bytes(version.file(name).read_bytes())
     return tag
@@ -80,8 +82,10 @@ def verify_release(registry: Registry) -> VerifyReport:
     for version_id in servable:
         if version_id not in intact:
             known = any(v.id == version_id for v in versions)
-            problems.append(f"{registry.pointer}: names {version_id}, which is "
-                            f"{'altered in the registry (see above)' if known else 'not in the registry'}")
+            problems.append(
+                f"{registry.pointer}: names {version_id}, which is "
+                f"{'altered in the registry (see above)' if known else 'not in the registry'}"
+            )
             continue
         differ = store_differences(intact[version_id])
         if differ is None:
@@ -89,6 +93,8 @@ def verify_release(registry: Registry) -> VerifyReport:
         if differ:
             with registry.locked():
                 save_to_bentoml(intact[version_id])
-            repaired.append(f"{BENTO_MODEL_NAME}:{version_id}: store copy differed in {', '.join(differ)}; "
-                            "saved again from the registry")
+            repaired.append(
+                f"{BENTO_MODEL_NAME}:{version_id}: store copy differed in {', '.join(differ)}; "
+                "saved again from the registry"
+            )
     return VerifyReport(problems, repaired, len(versions))

@@ -40,8 +40,9 @@ async def _call(self: traffic.TimeoutMiddleware, scope: dict[str, Any], receive:
         await waiter
     except asyncio.TimeoutError:
         if fut.cancel():
-            response = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"},
-                                    status_code=504)
+            response = JSONResponse(
+                {"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504
+            )
             await response(scope, receive, send)
     else:
         await fut
@@ -64,7 +65,10 @@ def _request_with_required_body(original: Any) -> Any:
 
 def body_marked_required_upstream() -> bool:
     """Whether BentoML itself marks a required request body (the fix is then no longer needed)."""
-    return "required" in _ORIGINAL_OPENAPI_REQUEST.__code__.co_names or "required" in _ORIGINAL_OPENAPI_REQUEST.__code__.co_consts
+    return (
+        "required" in _ORIGINAL_OPENAPI_REQUEST.__code__.co_names
+        or "required" in _ORIGINAL_OPENAPI_REQUEST.__code__.co_consts
+    )
 
 
 def apply() -> None:

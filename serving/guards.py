@@ -29,9 +29,17 @@ OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics", "/docs.json
 
 async def send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -46,16 +54,28 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         if self.api_key is not None and not self._authorised(headers):
-            return await send_json(send, 401, {"error": "missing or wrong API key: send the header "
-                                                        "'Authorization: Bearer <key>' (or 'X-API-Key: <key>')"},
-                                   [(b"www-authenticate", b"Bearer")])
+            return await send_json(
+                send,
+                401,
+                {
+                    "error": "missing or wrong API key: send the header "
+                    "'Authorization: Bearer <key>' (or 'X-API-Key: <key>')"
+                },
+                [(b"www-authenticate", b"Bearer")],
+            )
         if scope["method"] == "POST" and not _is_json(headers.get(b"content-type")):
             return await send_json(send, 415, {"error": "the body must be JSON: send 'Content-Type: application/json'"})
         request_id = headers.get(b"x-request-id")
         if request_id is not None and not valid_request_id(request_id):
-            return await send_json(send, 400, {"error": f"invalid request: header X-Request-ID: at most "
-                                                        f"{MAX_REQUEST_ID_LENGTH} printable ASCII characters "
-                                                        f"(got {len(request_id)} bytes)"})
+            return await send_json(
+                send,
+                400,
+                {
+                    "error": f"invalid request: header X-Request-ID: at most "
+                    f"{MAX_REQUEST_ID_LENGTH} printable ASCII characters "
+                    f"(got {len(request_id)} bytes)"
+                },
+            )
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             return await self._too_large(send)
@@ -91,8 +111,14 @@ class RequestGuard:
         return hmac.compare_digest(supplied, self.api_key or b"")
 
     async def _too_large(self, send: Send) -> None:
-        await send_json(send, 413, {"error": f"request body over {self.max_body_bytes} bytes: send fewer records "
-                                             "per request (LOOPLINE_MAX_BODY_BYTES sets the limit)"})
+        await send_json(
+            send,
+            413,
+            {
+                "error": f"request body over {self.max_body_bytes} bytes: send fewer records "
+                "per request (LOOPLINE_MAX_BODY_BYTES sets the limit)"
+            },
+        )
 
 
 def _is_json(content_type: bytes | None) -> bool:
@@ -119,8 +145,16 @@ def reword_client_errors(send: Send) -> Send:
             return
         body = reword(b"".join(chunks))
         headers = [(k, v) for k, v in held["headers"] if k.lower() not in (b"content-length", b"content-type")]
-        await send({**held, "headers": [*headers, (b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                **held,
+                "headers": [
+                    *headers,
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return wrapped
@@ -148,8 +182,10 @@ class _QuietValidationErrors(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and type(exc).__name__ == "ValidationError":
             record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "%s: %d invalid field(s), answered 400", (record.args[0] if record.args else "request",
-                                                                                  exc.error_count())
+            record.msg, record.args = (
+                "%s: %d invalid field(s), answered 400",
+                (record.args[0] if record.args else "request", exc.error_count()),
+            )
             record.exc_info = record.exc_text = None
         return True
 

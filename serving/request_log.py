@@ -111,15 +111,23 @@ class RequestLog(ParquetWindows):
     whole window at once: numeric features as float32, categorical ones (and request ids, versions and
     predicted classes) dictionary-encoded with the schema's values as the categories."""
 
-    def __init__(self, directory: Path, schema: FeatureSchema, flush_seconds: float = 5.0,
-                 flush_rows: int = 100_000) -> None:
+    def __init__(
+        self, directory: Path, schema: FeatureSchema, flush_seconds: float = 5.0, flush_rows: int = 100_000
+    ) -> None:
         self.schema = schema
         super().__init__(directory, flush_seconds, flush_rows)
 
     def record(self, request_id: str, model_version: str, features: EncodedFeatures, outputs: np.ndarray) -> None:
         """Queue one request's encoded records and the model's outputs for them (no I/O, no copying)."""
-        self.put((request_id, model_version, np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us"),
-                  features, outputs))
+        self.put(
+            (
+                request_id,
+                model_version,
+                np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us"),
+                features,
+                outputs,
+            )
+        )
 
     @staticmethod
     def _rows(item: Any) -> int:
@@ -138,9 +146,13 @@ class RequestLog(ParquetWindows):
         numeric_at = {c.name: j for j, c in enumerate(self.schema.numeric_features)}
         categorical_at = {c.name: j for j, c in enumerate(self.schema.categorical_features)}
         for col in self.schema.features:  # in the schema's order; a missing category (-1) becomes null
-            columns[col.name] = (numeric[:, numeric_at[col.name]] if col.name in numeric_at else
-                                 pd.Categorical.from_codes(categorical[:, categorical_at[col.name]],
-                                                           categories=list(col.categories)))
+            columns[col.name] = (
+                numeric[:, numeric_at[col.name]]
+                if col.name in numeric_at
+                else pd.Categorical.from_codes(
+                    categorical[:, categorical_at[col.name]], categories=list(col.categories)
+                )
+            )
         columns.update(prediction_columns(np.concatenate([item[4] for item in items]), self.schema))
         if self.schema.task.is_classification:
             columns["prediction"] = pd.Categorical(columns["prediction"], categories=list(self.schema.classes))
@@ -162,5 +174,6 @@ def logged_request_ids(directory: Path, wanted: set[str]) -> set[str]:
     import pyarrow.dataset as ds
 
     table = ds.dataset([str(f) for f in files], format="parquet").to_table(
-        columns=["request_id"], filter=pc.field("request_id").isin(sorted(wanted)))
+        columns=["request_id"], filter=pc.field("request_id").isin(sorted(wanted))
+    )
     return {str(v) for v in pc.unique(table.column("request_id").cast("string")).to_pylist()}

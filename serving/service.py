@@ -31,8 +31,15 @@ from starlette.responses import Response
 
 from loopline.features import RecordEncoder, decode_predictions
 from loopline.paths import ProjectPaths, project_root
-from loopline.registry import (BENTO_MODEL_NAME, METADATA_FILE, MODEL_FILE, SCHEMA_FILE, Registry, RegistryError,
-                               verify_model_file)
+from loopline.registry import (
+    BENTO_MODEL_NAME,
+    METADATA_FILE,
+    MODEL_FILE,
+    SCHEMA_FILE,
+    Registry,
+    RegistryError,
+    verify_model_file,
+)
 from loopline.request_model import label_model, record_model, response_model
 from loopline.runtime import onnx_session, reproduces_golden, run_encoded
 from loopline.schema import FeatureSchema, load_schema
@@ -58,8 +65,10 @@ def production_model_tag() -> str:
     packaged = bentoml.models.list(BENTO_MODEL_NAME)
     if len(packaged) == 1:  # a built Bento carries exactly the model it was built with
         return str(packaged[0].tag)
-    raise RuntimeError(f"no production model: run `loopline promote` (registry {registry.root}), "
-                       "or set LOOPLINE_MODEL_TAG to a model in BentoML's store")
+    raise RuntimeError(
+        f"no production model: run `loopline promote` (registry {registry.root}), "
+        "or set LOOPLINE_MODEL_TAG to a model in BentoML's store"
+    )
 
 
 @dataclass(frozen=True)
@@ -91,8 +100,11 @@ def load_served(tag: str) -> Served:
 
 
 def same_inputs(a: FeatureSchema, b: FeatureSchema) -> bool:
-    return ([c.to_dict() | {"name": c.name} for c in a.features] == [c.to_dict() | {"name": c.name} for c in b.features]
-            and a.task == b.task and a.classes == b.classes)
+    return (
+        [c.to_dict() | {"name": c.name} for c in a.features] == [c.to_dict() | {"name": c.name} for c in b.features]
+        and a.task == b.task
+        and a.classes == b.classes
+    )
 
 
 class ProductionWatcher(threading.Thread):
@@ -100,8 +112,14 @@ class ProductionWatcher(threading.Thread):
     whether it now serves it. A version that failed is tried again every `retry_seconds` (a store copy
     repaired by `loopline verify` is picked up without a restart)."""
 
-    def __init__(self, registry: Registry, current: str, on_change: Callable[[str], bool], poll_seconds: float,
-                 retry_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        current: str,
+        on_change: Callable[[str], bool],
+        poll_seconds: float,
+        retry_seconds: float = 30.0,
+    ) -> None:
         super().__init__(name="loopline-production-watcher", daemon=True)
         self.registry, self.seen, self.on_change, self.poll_seconds = registry, current, on_change, poll_seconds
         self.retry_seconds = retry_seconds
@@ -163,10 +181,17 @@ info = FastAPI(title="Loopline model information")  # GET routes; BentoML's own 
     traffic={"timeout": 30},
     # BentoML's access log (a line per request) costs ~8% of throughput on small requests; the request
     # log already keeps every served record, so it is opt-in: LOOPLINE_ACCESS_LOG=1.
-    logging={"access": {"enabled": SETTINGS.access_log, "request_content_length": True, "request_content_type": True,
-                        "response_content_length": True, "response_content_type": True,
-                        "skip_paths": ["/metrics", "/healthz", "/livez", "/readyz"],
-                        "format": {"trace_id": "032x", "span_id": "016x"}}},
+    logging={
+        "access": {
+            "enabled": SETTINGS.access_log,
+            "request_content_length": True,
+            "request_content_type": True,
+            "response_content_length": True,
+            "response_content_type": True,
+            "skip_paths": ["/metrics", "/healthz", "/livez", "/readyz"],
+            "format": {"trace_id": "032x", "span_id": "016x"},
+        }
+    },
 )
 class Predictor:
     model = bentoml.models.BentoModel(MODEL_TAG)  # what `bentoml build` packages
@@ -175,8 +200,11 @@ class Predictor:
         self.served = FIRST
         paths = ProjectPaths(project_root())
         flush = SETTINGS.request_log_flush_seconds
-        self.request_log = None if SETTINGS.request_log == "off" else RequestLog(
-            paths.request_log_dir, FIRST.schema, flush_seconds=flush)
+        self.request_log = (
+            None
+            if SETTINGS.request_log == "off"
+            else RequestLog(paths.request_log_dir, FIRST.schema, flush_seconds=flush)
+        )
         self.recent_ids = RecentIds()
         self.ground_truth = ParquetWindows(paths.ground_truth_dir, flush_seconds=flush)
         registry = Registry.for_project(project_root())
@@ -194,8 +222,10 @@ class Predictor:
         try:
             new = load_served(f"{BENTO_MODEL_NAME}:{version}")
             if not same_inputs(old.schema, new.schema):
-                raise ValueError("it takes other inputs than the request model this service was started with; "
-                                 "restart the service to serve it")
+                raise ValueError(
+                    "it takes other inputs than the request model this service was started with; "
+                    "restart the service to serve it"
+                )
         except Exception as exc:
             log.error("still serving %s: production model %s failed to load or check: %s", old.version, version, exc)
             return False
@@ -205,7 +235,8 @@ class Predictor:
 
     @bentoml.api
     async def predict(
-        self, records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)],  # type: ignore[valid-type]
+        self,
+        records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)],  # type: ignore[valid-type]
         ctx: bentoml.Context,
     ) -> Prediction:  # type: ignore[valid-type]
         """Predictions for 1 to LOOPLINE_MAX_RECORDS records of raw feature values; classification adds
@@ -218,13 +249,13 @@ class Predictor:
         if self.request_log is not None:
             self.request_log.record(request_id, served.version, features, outputs)
             self.recent_ids.add(request_id)
-        body = {"model_version": served.version, "request_id": request_id,
-                **decode_predictions(outputs, served.schema)}
+        body = {"model_version": served.version, "request_id": request_id, **decode_predictions(outputs, served.schema)}
         return Response(orjson.dumps(body), media_type="application/json")  # type: ignore[return-value]
 
     @bentoml.api(route="/feedback")
     def feedback(
-        self, labels: Annotated[list[Label], Field(min_length=1, max_length=MAX_RECORDS)]  # type: ignore[valid-type]
+        self,
+        labels: Annotated[list[Label], Field(min_length=1, max_length=MAX_RECORDS)],  # type: ignore[valid-type]
     ) -> dict[str, Any]:
         """Ground truth for records served earlier, joined to the request log by request id and record."""
         target = self.served.schema.target
@@ -237,8 +268,11 @@ class Predictor:
         if unmatched and self.request_log is not None:
             unmatched -= logged_request_ids(self.request_log.directory, unmatched)
         if unmatched:
-            log.warning("/feedback: %d label(s) name request ids not in the request log: %s",
-                        int(frame["request_id"].isin(unmatched).sum()), sorted(unmatched)[:5])
+            log.warning(
+                "/feedback: %d label(s) name request ids not in the request log: %s",
+                int(frame["request_id"].isin(unmatched).sum()),
+                sorted(unmatched)[:5],
+            )
         return {"accepted": len(frame), "unmatched_request_ids": sorted(unmatched)}
 
     @bentoml.on_shutdown
@@ -254,8 +288,12 @@ class Predictor:
         """The model version, the ONNX Runtime providers really in use, the model's registry record
         (lineage, metrics, gate) when packaged with it, and the feature schema."""
         served = self.served
-        return {"model_version": served.version, "providers": served.session.get_providers(),
-                "model": served.info, "schema": served.schema.to_dict()}
+        return {
+            "model_version": served.version,
+            "providers": served.session.get_providers(),
+            "model": served.info,
+            "schema": served.schema.to_dict(),
+        }
 
 
 Predictor.add_asgi_middleware(RequestGuard, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes)

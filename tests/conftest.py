@@ -27,6 +27,7 @@ from loopline import paths
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = [*paths.PROJECT_FILES, ".gitignore"]  # a git repository besides
 
+
 # tests/unit: pure functions, no subprocess, no server (`make test-fast`, well under a minute);
 # tests/integration: real DVC projects, `bentoml serve`, Prefect, SMTP and training runs. Marked by folder.
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -61,8 +62,14 @@ class Project:
         env["BENTOML_DO_NOT_TRACK"] = "true"
         env["PREFECT_HOME"] = str(self.root / ".state" / "prefect")
         env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-        for variable in ("PREFECT_API_URL", "LOOPLINE_OUTBOX", "LOOPLINE_SMTP_HOST", "LOOPLINE_SMTP_BLOCK",
-                         "LOOPLINE_REQUEST_LOG", "LOOPLINE_GROUND_TRUTH"):
+        for variable in (
+            "PREFECT_API_URL",
+            "LOOPLINE_OUTBOX",
+            "LOOPLINE_SMTP_HOST",
+            "LOOPLINE_SMTP_BLOCK",
+            "LOOPLINE_REQUEST_LOG",
+            "LOOPLINE_GROUND_TRUTH",
+        ):
             env.pop(variable, None)
         env.pop("LOOPLINE_REGISTRY", None)
         env["DVC_NO_ANALYTICS"] = "1"
@@ -238,7 +245,11 @@ class Server:
         bentoml = str(Path(sys.executable).parent / "bentoml")
         self.process = subprocess.Popen(
             [bentoml, "serve", "serving.service:Predictor", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=project.root, env={**project.env(), **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+            cwd=project.root,
+            env={**project.env(), **env},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -251,11 +262,13 @@ class Server:
                 time.sleep(0.5)
         raise TimeoutError(f"service not ready after {timeout} s:\n{self.log.read_text()}")
 
-    def request(self, method: str, path: str, body: Any = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
         data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"content-type": "application/json", **(headers or {})})
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"content-type": "application/json", **(headers or {})}
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, json.loads(response.read()), dict(response.headers)

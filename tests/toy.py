@@ -12,16 +12,33 @@ from models.network import TabularNet
 from models.train import PreparedSplits, build_model
 
 _FEATURES = {
-    "t": {"kind": "numeric"}, "x": {"kind": "numeric"}, "w": {"kind": "numeric", "nullable": True},
+    "t": {"kind": "numeric"},
+    "x": {"kind": "numeric"},
+    "w": {"kind": "numeric", "nullable": True},
     "c": {"kind": "categorical", "categories": ["a", "b", "c", "d"]},
 }
 SCHEMAS = {
-    "regression": {"name": "toy", "task": "regression", "target": "y", "time_column": "t",
-                   "columns": {**_FEATURES, "y": {"kind": "numeric"}}},
-    "binary": {"name": "toy", "task": "binary", "target": "y", "time_column": "t",
-               "columns": {**_FEATURES, "y": {"kind": "categorical", "categories": [0, 1]}}},
-    "multiclass": {"name": "toy", "task": "multiclass", "target": "y", "time_column": "t",
-                   "columns": {**_FEATURES, "y": {"kind": "categorical", "categories": ["low", "mid", "high"]}}},
+    "regression": {
+        "name": "toy",
+        "task": "regression",
+        "target": "y",
+        "time_column": "t",
+        "columns": {**_FEATURES, "y": {"kind": "numeric"}},
+    },
+    "binary": {
+        "name": "toy",
+        "task": "binary",
+        "target": "y",
+        "time_column": "t",
+        "columns": {**_FEATURES, "y": {"kind": "categorical", "categories": [0, 1]}},
+    },
+    "multiclass": {
+        "name": "toy",
+        "task": "multiclass",
+        "target": "y",
+        "time_column": "t",
+        "columns": {**_FEATURES, "y": {"kind": "categorical", "categories": ["low", "mid", "high"]}},
+    },
 }
 
 

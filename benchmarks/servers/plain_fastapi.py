@@ -36,18 +36,21 @@ if RUNTIME == "onnx":
     def predict(frame: pd.DataFrame) -> Any:
         return predict_frame(session, frame, schema)
 else:
-    from models.inference import load_model, predict as torch_predict
+    from models.inference import load_model
+    from models.inference import predict as torch_predict
 
     torch_model, _ = load_model(MODEL_DIR)
 
     def predict(frame: pd.DataFrame) -> Any:
         return torch_predict(torch_model, frame, schema)
 
+
 app = FastAPI()
 
 
 @app.post("/predict")
-def predict_endpoint(records: Annotated[list[Record], Body(embed=True), Field(min_length=1, max_length=1024)]  # type: ignore[valid-type]
-                     ) -> dict[str, Any]:
+def predict_endpoint(
+    records: Annotated[list[Record], Body(embed=True), Field(min_length=1, max_length=1024)],  # type: ignore[valid-type]
+) -> dict[str, Any]:
     frame = pd.DataFrame([r.model_dump() for r in records], columns=[c.name for c in schema.features])
     return {"request_id": uuid.uuid4().hex, **decode_predictions(predict(frame), schema)}

@@ -68,15 +68,35 @@ def certificate(tmp_path_factory) -> tuple[str, str]:
 
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return str(cert), str(key)
 
 
 @pytest.mark.parametrize("security", ["starttls", "ssl"])
 def test_alerts_go_out_over_starttls_and_implicit_tls_checking_the_servers_certificate(
-        tmp_path, monkeypatch, certificate, security) -> None:
+    tmp_path, monkeypatch, certificate, security
+) -> None:
     import ssl
 
     from aiosmtpd.controller import Controller
@@ -86,12 +106,15 @@ def test_alerts_go_out_over_starttls_and_implicit_tls_checking_the_servers_certi
     server_tls.load_cert_chain(cert, key)
     port = free_port()
     inbox = Inbox()
-    tls = {"tls_context": server_tls, "require_starttls": True} if security == "starttls" else {"ssl_context": server_tls}
+    tls = (
+        {"tls_context": server_tls, "require_starttls": True} if security == "starttls" else {"ssl_context": server_tls}
+    )
     controller = Controller(inbox, hostname="127.0.0.1", port=port, **tls)
     controller.start()
     try:
-        smtp = SmtpSettings.from_env({"LOOPLINE_SMTP_HOST": "127.0.0.1", "LOOPLINE_SMTP_PORT": str(port),
-                                      "LOOPLINE_SMTP_SECURITY": security})
+        smtp = SmtpSettings.from_env(
+            {"LOOPLINE_SMTP_HOST": "127.0.0.1", "LOOPLINE_SMTP_PORT": str(port), "LOOPLINE_SMTP_SECURITY": security}
+        )
         outbox = Outbox(tmp_path / "outbox")
         outbox.put(compose(f"over {security}", "body", ALERTS))
         untrusted = outbox.deliver(smtp, [0.01])  # the self-signed certificate is not trusted yet
@@ -128,12 +151,18 @@ outbox = Outbox(__import__("pathlib").Path({str(tmp_path / "outbox")!r}))
 outbox.put(compose("through the block", "body", AlertParams(recipients=["oncall@example.test"])))
 assert len(outbox.deliver(smtp, [0.1]).sent) == 1
 """
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PYTHONPATH": str(REPO),
+    }
     env.pop("PREFECT_API_URL", None)
     try:
-        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
     finally:
         controller.stop()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -12,8 +12,9 @@ from release.cli import JOBS
 
 
 def loopline(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "release.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "release.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_loopline_help_lists_every_job_and_registry_command() -> None:

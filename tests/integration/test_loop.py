@@ -44,15 +44,20 @@ def traffic(project: Project, drift: bool, rows: int = 300) -> list[dict]:
     schema = load_schema(project.path("schemas/bike.yaml"))
     frame = project.read_parquet("data/prepared/train.parquet").sample(rows, random_state=3)
     if drift:
-        frame = frame.assign(temp=(frame["temp"] + 25).clip(upper=50), atemp=(frame["atemp"] + 25).clip(upper=50),
-                             hum=(frame["hum"] * 0.3).round(), season="summer", weathersit="Clear")
+        frame = frame.assign(
+            temp=(frame["temp"] + 25).clip(upper=50),
+            atemp=(frame["atemp"] + 25).clip(upper=50),
+            hum=(frame["hum"] * 0.3).round(),
+            season="summer",
+            weathersit="Clear",
+        )
     return json.loads(frame[[c.name for c in schema.features]].to_json(orient="records"))
 
 
 def send(server: Server, records: list[dict]) -> tuple[datetime, datetime]:
     start = datetime.now(timezone.utc)
     for i in range(0, len(records), 50):
-        status, body, _ = server.post("/predict", {"records": records[i:i + 50]})
+        status, body, _ = server.post("/predict", {"records": records[i : i + 50]})
         assert status == 200, body
     time.sleep(1.0)  # the request log flushes every 0.2 s here
     return start, datetime.now(timezone.utc)
@@ -60,8 +65,17 @@ def send(server: Server, records: list[dict]) -> tuple[datetime, datetime]:
 
 def monitor(project: Project, window: tuple[datetime, datetime]) -> dict:
     out = project.root / "monitoring-outcome.json"
-    project.run(sys.executable, "-m", "flows.monitor", "--start", window[0].isoformat(),
-                "--end", window[1].isoformat(), "--output", str(out))
+    project.run(
+        sys.executable,
+        "-m",
+        "flows.monitor",
+        "--start",
+        window[0].isoformat(),
+        "--end",
+        window[1].isoformat(),
+        "--output",
+        str(out),
+    )
     return json.loads(out.read_text())
 
 
@@ -77,7 +91,8 @@ def text_of(message) -> str:
 
 
 def test_no_drift_no_alert_then_one_drift_one_alert_one_retraining_and_a_worse_candidate_is_not_promoted(
-        loop_project: Project) -> None:
+    loop_project: Project,
+) -> None:
     project = loop_project
     before = production(project)
     params = project.path("params.yaml").read_text()
@@ -116,14 +131,20 @@ def heatwave_with_a_broken_training_configuration(project: Project, before: str)
 
 def prefect(bin_dir: Path, env: dict[str, str], project: Project, *args: str) -> set[str]:
     """The words of a `prefect` CLI listing, for membership checks."""
-    out = subprocess.run([str(bin_dir / "prefect"), *args], cwd=project.root, env={**env, "COLUMNS": "250"},
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(bin_dir / "prefect"), *args],
+        cwd=project.root,
+        env={**env, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+    ).stdout
     return set(out.replace("│", " ").split())
 
 
 def api_post(api: str, path: str, body: dict) -> list[dict]:
-    request = urllib.request.Request(api + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        api + path, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -135,7 +156,8 @@ def free_port() -> int:
 
 
 def test_the_loop_through_a_prefect_server_retrains_via_the_deployment_and_the_service_swaps(
-        loop_project: Project) -> None:
+    loop_project: Project,
+) -> None:
     project = loop_project
     project.path(".state/monitoring/incidents.json").unlink(missing_ok=True)  # a new incident
     before = production(project)
@@ -145,9 +167,13 @@ def test_the_loop_through_a_prefect_server_retrains_via_the_deployment_and_the_s
     env = {**project.env(), "PREFECT_API_URL": api, "PREFECT_HOME": str(project.root / ".state" / "prefect-server")}
     logs = project.root / "prefect-logs"
     logs.mkdir(exist_ok=True)
-    prefect_server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                       "--port", str(port)], cwd=project.root, env=env,
-                                      stdout=(logs / "server.log").open("w"), stderr=subprocess.STDOUT)
+    prefect_server = subprocess.Popen(
+        [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=project.root,
+        env=env,
+        stdout=(logs / "server.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
     worker = None
     try:
         deadline = time.monotonic() + 120
@@ -158,8 +184,13 @@ def test_the_loop_through_a_prefect_server_retrains_via_the_deployment_and_the_s
             except OSError:
                 assert prefect_server.poll() is None and time.monotonic() < deadline, (logs / "server.log").read_text()
                 time.sleep(1)
-        worker = subprocess.Popen([sys.executable, "-m", "flows.serve", "--no-schedules"], cwd=project.root, env=env,
-                                  stdout=(logs / "serve.log").open("w"), stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flows.serve", "--no-schedules"],
+            cwd=project.root,
+            env=env,
+            stdout=(logs / "serve.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 120
         while not {"training/training", "monitoring/monitoring"} <= prefect(bin_dir, env, project, "deployment", "ls"):
             assert worker.poll() is None and time.monotonic() < deadline, (logs / "serve.log").read_text()
@@ -169,17 +200,36 @@ def test_the_loop_through_a_prefect_server_retrains_via_the_deployment_and_the_s
         with serving(project, LOOPLINE_REQUEST_LOG_FLUSH_SECONDS="0.2", LOOPLINE_SWAP_POLL_SECONDS="0.5") as server:
             start, end = send(server, traffic(project, drift=True))
             result = subprocess.run(
-                [str(bin_dir / "prefect"), "deployment", "run", "monitoring/monitoring",
-                 "--param", f"start={start.isoformat()}", "--param", f"end={end.isoformat()}",
-                 "--param", "retrain_as_of=2012-06-30", "--watch", "--watch-timeout", "600"],
-                cwd=project.root, env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=700)
+                [
+                    str(bin_dir / "prefect"),
+                    "deployment",
+                    "run",
+                    "monitoring/monitoring",
+                    "--param",
+                    f"start={start.isoformat()}",
+                    "--param",
+                    f"end={end.isoformat()}",
+                    "--param",
+                    "retrain_as_of=2012-06-30",
+                    "--watch",
+                    "--watch-timeout",
+                    "600",
+                ],
+                cwd=project.root,
+                env={**env, "COLUMNS": "200"},
+                capture_output=True,
+                text=True,
+                timeout=700,
+            )
             assert result.returncode == 0, result.stdout + result.stderr + (logs / "serve.log").read_text()[-3000:]
             after = production(project)
             assert after != before, (logs / "serve.log").read_text()[-4000:]
             deadline = time.monotonic() + 30
             while server.get("/metadata")[1]["model_version"] != after and time.monotonic() < deadline:
                 time.sleep(0.5)
-            assert server.post("/predict", {"records": traffic(project, drift=False, rows=2)})[1]["model_version"] == after
+            assert (
+                server.post("/predict", {"records": traffic(project, drift=False, rows=2)})[1]["model_version"] == after
+            )
         # Training ran as a run of the training deployment (not as a subflow of the monitoring run).
         [deployment] = api_post(api, "/deployments/filter", {"deployments": {"name": {"any_": ["training"]}}})
         training_runs = api_post(api, "/flow_runs/filter", {"flows": {"name": {"any_": ["training"]}}})

@@ -125,14 +125,21 @@ BAD_INPUTS = {
     "source missing a schema column": (_missing_column, ["data/external/sensors.csv", "missing column(s) 'temp'"]),
     "values of the wrong type": (
         _wrong_types,
-        ["30 of 300 rows (10.0%) are invalid", "column 'temp' in 30 rows", "sensors.csv row 1: temp: 'warm' is not a number"],
+        [
+            "30 of 300 rows (10.0%) are invalid",
+            "column 'temp' in 30 rows",
+            "sensors.csv row 1: temp: 'warm' is not a number",
+        ],
     ),
     "empty file": (_empty_file, ["data/external/sensors.csv: the file is empty"]),
     "batch whose rows are all invalid": (
         _batch_all_invalid,
         ["2024-03.csv: all 12 rows of this file are invalid", "column 'site' in 12 rows", "row 1: site: 'atlantis'"],
     ),
-    "schema that contradicts itself": (_contradictory_schema, ["schemas/sensors.yaml: columns.temp: min (60) is greater than max (-30)"]),
+    "schema that contradicts itself": (
+        _contradictory_schema,
+        ["schemas/sensors.yaml: columns.temp: min (60) is greater than max (-30)"],
+    ),
 }
 
 

@@ -25,6 +25,8 @@ def torch_cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
 MAX_RECORDS = 50
 
 
@@ -36,9 +38,14 @@ def bike(built, tmp_path_factory):
     first = built[1]
     project.loopline("promote", first)
     logs = tmp_path_factory.mktemp("served")
-    env = {"LOOPLINE_API_KEY": "s3cret", "LOOPLINE_MAX_BODY_BYTES": "100000", "LOOPLINE_MAX_RECORDS": str(MAX_RECORDS),
-           "LOOPLINE_REQUEST_LOG": str(logs / "requests"), "LOOPLINE_GROUND_TRUTH": str(logs / "ground-truth"),
-           "LOOPLINE_REQUEST_LOG_FLUSH_SECONDS": "0.2"}
+    env = {
+        "LOOPLINE_API_KEY": "s3cret",
+        "LOOPLINE_MAX_BODY_BYTES": "100000",
+        "LOOPLINE_MAX_RECORDS": str(MAX_RECORDS),
+        "LOOPLINE_REQUEST_LOG": str(logs / "requests"),
+        "LOOPLINE_GROUND_TRUTH": str(logs / "ground-truth"),
+        "LOOPLINE_REQUEST_LOG_FLUSH_SECONDS": "0.2",
+    }
     with serving(project, log=logs / "server.log", **env) as server:
         records, rows = feature_records(project, first, 5)
         yield server, first, records, rows, logs
@@ -68,8 +75,10 @@ def test_a_client_that_disconnects_mid_body_is_one_info_line(bike) -> None:
     server, _, _, _, logs = bike
     host, port = server.base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as conn:
-        conn.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"records\": [")
+        conn.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"records": ['
+        )
         time.sleep(0.5)
     deadline = time.monotonic() + 10
     while "disconnected before sending the whole body" not in (logs / "server.log").read_text():
@@ -84,8 +93,11 @@ def test_metadata_names_the_version_the_providers_in_use_the_lineage_and_the_sch
     status, info, _ = server.get("/metadata", KEY)
     assert status == 200 and info["model_version"] == first
     # The providers really in use: CUDA first where a usable GPU is present, the CPU always last.
-    expected = (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in ort.get_available_providers()
-                and torch_cuda_available() else []) + ["CPUExecutionProvider"]
+    expected = (
+        ["CUDAExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers() and torch_cuda_available()
+        else []
+    ) + ["CPUExecutionProvider"]
     assert info["providers"] == expected
     assert info["model"]["sha256"].startswith(first) and info["model"]["gate"]["passed"] is True
     assert info["model"]["metrics"]["model"]["mae"] > 0 and info["schema"]["target"] == "cnt"
@@ -119,19 +131,37 @@ BAD_REQUESTS = [
     ("missing field", lambda b: _records(b, temp=...), KEY, 400, "records[0].temp", "missing"),
     ("wrong type", lambda b: _records(b, temp="warm"), KEY, 400, "records[0].temp", "valid number"),
     ("out of range", lambda b: _records(b, temp=99), KEY, 400, "records[0].temp", "less than or equal to 50"),
-    ("unknown category", lambda b: _records(b, season="monsoon"), KEY, 400, "records[0].season",
-     "not one of the categories: 'spring', 'summer', 'fall' or 'winter'"),
+    (
+        "unknown category",
+        lambda b: _records(b, season="monsoon"),
+        KEY,
+        400,
+        "records[0].season",
+        "not one of the categories: 'spring', 'summer', 'fall' or 'winter'",
+    ),
     ("null where not nullable", lambda b: _records(b, hum=None), KEY, 400, "records[0].hum", "valid number"),
     ("unknown field", lambda b: _records(b, colour="red"), KEY, 400, "records[0].colour", "unknown field"),
     ("empty list", {"records": []}, KEY, 400, "records", "at least 1 item"),
-    ("too many records", lambda b: {"records": b[2][:1] * (MAX_RECORDS + 1)}, KEY, 400, "records",
-     f"at most {MAX_RECORDS} items"),
+    (
+        "too many records",
+        lambda b: {"records": b[2][:1] * (MAX_RECORDS + 1)},
+        KEY,
+        400,
+        "records",
+        f"at most {MAX_RECORDS} items",
+    ),
     ("no records key", {"rows": []}, KEY, 400, "records", "missing"),
     ("not an object", [1, 2], KEY, 400, "body", "must be a JSON object"),
     ("non-JSON", b"temp=20&hum=50", KEY, 400, "body", "not valid JSON"),
     ("huge body", b"x" * 200_000, KEY, 413, None, "over 100000 bytes"),
-    ("not JSON content", lambda b: _records(b), {**KEY, "content-type": "multipart/form-data"}, 415, None,
-     "Content-Type: application/json"),
+    (
+        "not JSON content",
+        lambda b: _records(b),
+        {**KEY, "content-type": "multipart/form-data"},
+        415,
+        None,
+        "Content-Type: application/json",
+    ),
     ("missing API key", lambda b: _records(b), {}, 401, None, "API key"),
     ("wrong API key", lambda b: _records(b), {"authorization": "Bearer wrong"}, 401, None, "API key"),
     ("wrong X-API-Key", lambda b: _records(b), {"x-api-key": "wrong"}, 401, None, "API key"),
@@ -163,10 +193,28 @@ def test_schemathesis_finds_no_failure_of_any_check_in_any_documented_operation(
     server = bike[0]
     report = tmp_path / "junit.xml"
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "schemathesis"), "run", f"{server.base}/docs.json",
-         "--checks", "all", "--header", "Authorization: Bearer s3cret",
-         "--max-examples", "60", "--seed", "1", "--report", "junit", "--report-junit-path", str(report)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)  # its cache stays out of the checkout
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{server.base}/docs.json",
+            "--checks",
+            "all",
+            "--header",
+            "Authorization: Bearer s3cret",
+            "--max-examples",
+            "60",
+            "--seed",
+            "1",
+            "--report",
+            "junit",
+            "--report-junit-path",
+            str(report),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # its cache stays out of the checkout
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     cases = report.read_text()
     assert "POST /predict" in cases and "POST /feedback" in cases, cases
@@ -193,7 +241,9 @@ def test_the_request_log_holds_each_served_record_and_ground_truth_joins_it(bike
     # A label for a request the log does not hold is kept, but the answer (and the log) say so.
     stray = [{"request_id": "never-served", "record": 0, "value": 3}]
     assert server.post("/feedback", {"labels": stray}, KEY)[:2] == (
-        200, {"accepted": 1, "unmatched_request_ids": ["never-served"]})
+        200,
+        {"accepted": 1, "unmatched_request_ids": ["never-served"]},
+    )
     status, answer, _ = server.post("/feedback", {"labels": [{"request_id": "req-logged", "value": "many"}]}, KEY)
     assert status == 400 and answer["problems"][0]["field"] == "labels[0].value"
 
@@ -224,9 +274,13 @@ def test_the_request_log_holds_each_served_record_and_ground_truth_joins_it(bike
 def acs(tmp_path_factory) -> tuple[Project, str]:
     """The ACS employment classifier (one epoch), exported, registered and put in production."""
     project = new_project(tmp_path_factory.mktemp("acs"))
-    project.set_params(data={"source": "acs"},
-                       train={"epochs": 1, "checks": {"skip": ["loss_at_init", "overfit_one_batch",
-                                                               "input_independent_baseline", "gradients"]}})
+    project.set_params(
+        data={"source": "acs"},
+        train={
+            "epochs": 1,
+            "checks": {"skip": ["loss_at_init", "overfit_one_batch", "input_independent_baseline", "gradients"]},
+        },
+    )
     project.dvc("repro", "export", "evaluate")
     version = registered_id(project.loopline("register").stdout)
     project.loopline("promote", version, "--force", "--reason", "test: a one-epoch model")
@@ -243,8 +297,10 @@ def test_the_exported_acs_classifier_matches_the_trained_one(acs) -> None:
     session = ort.InferenceSession(str(project.path("artifacts/onnx/model.onnx")), providers=["CPUExecutionProvider"])
     n_num, n_cat = session.get_inputs()[0].shape[1], session.get_inputs()[1].shape[1]
     for batch in (1, 1024):
-        out = session.run(None, {"numeric": np.zeros((batch, n_num), np.float32),
-                                 "categorical": np.full((batch, n_cat), -1, np.int64)})[0]
+        out = session.run(
+            None,
+            {"numeric": np.zeros((batch, n_num), np.float32), "categorical": np.full((batch, n_cat), -1, np.int64)},
+        )[0]
         assert out.shape == (batch,) and ((out >= 0) & (out <= 1)).all()
 
 
@@ -269,7 +325,8 @@ def test_the_acs_classifier_is_served_with_class_probabilities(acs) -> None:
         field = schema.categorical_features[0].name
         status, body, _ = server.post("/predict", {"records": [{**records[0], field: "not-a-category"}]})
         assert status == 400 and body["problems"] == [
-            {"field": f"records[0].{field}", "problem": body["problems"][0]["problem"]}]
+            {"field": f"records[0].{field}", "problem": body["problems"][0]["problem"]}
+        ]
         assert "not one of the categories" in body["problems"][0]["problem"]
 
 
@@ -287,8 +344,9 @@ def test_a_promotion_under_load_swaps_the_model_without_a_failed_request(built) 
         import urllib.request
 
         while not stop.is_set():
-            request = urllib.request.Request(server.base + "/predict", data=payload,
-                                             headers={"content-type": "application/json"})
+            request = urllib.request.Request(
+                server.base + "/predict", data=payload, headers={"content-type": "application/json"}
+            )
             sent = time.monotonic()
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
@@ -375,8 +433,9 @@ def test_a_flipped_byte_in_an_embedding_row_is_refused_at_start_at_swap_and_at_p
     assert "repaired" not in project.loopline("verify").stdout
 
     record = feature_records(project, first, 1)[0]
-    with serving(project, log=project.root / "tampered-swap.log", LOOPLINE_REQUEST_LOG="off",
-                 LOOPLINE_SWAP_POLL_SECONDS="0.3") as server:
+    with serving(
+        project, log=project.root / "tampered-swap.log", LOOPLINE_REQUEST_LOG="off", LOOPLINE_SWAP_POLL_SECONDS="0.3"
+    ) as server:
         # At swap: the service keeps the model it serves when the new one's store copy was altered.
         flip_a_byte_in_an_embedding_row(store / second / "model.onnx")
         registry = Registry(project.root / "registry")

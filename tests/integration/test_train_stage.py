@@ -15,8 +15,12 @@ import torch
 
 from conftest import Project
 
-SHORT_RUN = {"epochs": 4, "batch_size": 256, "checkpoint_every_steps": 10,
-             "checks": {"skip": ["input_independent_baseline"]}}
+SHORT_RUN = {
+    "epochs": 4,
+    "batch_size": 256,
+    "checkpoint_every_steps": 10,
+    "checks": {"skip": ["input_independent_baseline"]},
+}
 
 
 @pytest.fixture
@@ -58,8 +62,13 @@ def test_a_run_killed_with_sigkill_resumes_to_the_weights_of_an_uninterrupted_ru
     checkpoint = prepared.path(".state/checkpoints/train.pt")
     checkpoint.unlink()
 
-    proc = subprocess.Popen([sys.executable, "-m", "models.train"], cwd=prepared.root, env=prepared.env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "models.train"],
+        cwd=prepared.root,
+        env=prepared.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

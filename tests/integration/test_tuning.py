@@ -14,16 +14,19 @@ import torch
 import yaml
 
 from conftest import FAST_TRAIN, Project, new_project
-from toy import SCHEMAS
 from loopline.config import Params, load_params
 from loopline.errors import ConfigError
-from loopline.schema import schema_from_dict
 from loopline.paths import ProjectPaths
+from loopline.schema import schema_from_dict
 from models.crossval import kfold_folds, make_folds, rolling_origin_folds
+from toy import SCHEMAS
 
 # A small, quick search: three epochs per trial, a space with a conditional parameter.
 QUICK_TUNE = {
-    "n_trials": 4, "epochs": 3, "startup_trials": 2, "warmup_epochs": 1,
+    "n_trials": 4,
+    "epochs": 3,
+    "startup_trials": 2,
+    "warmup_epochs": 1,
     "space": {
         "train.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
         "train.optimizer": {"choices": ["adamw", "sgd"]},
@@ -34,8 +37,13 @@ QUICK_TUNE = {
 
 
 # What the tests that change tune: settings put back (set_params merges one level deep).
-QUICK_TUNE_AGAIN = {**QUICK_TUNE, "sampler": "tpe", "pruner": "median", "start_from_current": True,
-                    "cross_validate": False}
+QUICK_TUNE_AGAIN = {
+    **QUICK_TUNE,
+    "sampler": "tpe",
+    "pruner": "median",
+    "start_from_current": True,
+    "cross_validate": False,
+}
 
 
 def tune(project: Project, *args: str) -> str:
@@ -92,8 +100,14 @@ def test_pruning_stops_a_trial_that_is_clearly_worse(prepared: Project, pruner: 
         study.enqueue_trial(good)
         study.enqueue_trial({**good, "train.lr": 5.0e-3})
         # plain SGD at the smallest rate barely moves from its initial loss
-        study.enqueue_trial({"train.lr": 1.0e-4, "train.optimizer": "sgd", "train.momentum": 0.8,
-                             "train.model.hidden": json.dumps([32])})
+        study.enqueue_trial(
+            {
+                "train.lr": 1.0e-4,
+                "train.optimizer": "sgd",
+                "train.momentum": 0.8,
+                "train.model.hidden": json.dumps([32]),
+            }
+        )
         tune(prepared, "--worker", "--study", "pruning", "--storage", db, "--trials", "3")
     finally:
         prepared.set_params(tune=QUICK_TUNE_AGAIN)
@@ -134,20 +148,30 @@ def test_a_time_budget_stops_the_search_before_its_trial_budget(prepared: Projec
 def test_a_search_space_naming_no_setting_is_refused_with_the_key(prepared: Project) -> None:
     from models.tune import check_space
 
-    params = Params.model_validate({**load_params(prepared.path("params.yaml")).model_dump(by_alias=True),
-                                    "tune": {"space": {"train.learning_rate": {"low": 0.1, "high": 1.0}}}})
+    params = Params.model_validate(
+        {
+            **load_params(prepared.path("params.yaml")).model_dump(by_alias=True),
+            "tune": {"space": {"train.learning_rate": {"low": 0.1, "high": 1.0}}},
+        }
+    )
     with pytest.raises(ConfigError, match="'train.learning_rate' names no setting"):
         check_space(params, params.tune)
-    params = Params.model_validate({**params.model_dump(by_alias=True),
-                                    "tune": {"space": {"train.model.dropout": {"low": 0.0, "high": 1.5}}}})
+    params = Params.model_validate(
+        {**params.model_dump(by_alias=True), "tune": {"space": {"train.model.dropout": {"low": 0.0, "high": 1.5}}}}
+    )
     with pytest.raises(ConfigError, match=r"tune.space.train.model.dropout: train.model.dropout"):
         check_space(params, params.tune)
 
 
 def test_the_grid_sampler_tries_every_point_once_then_stops(prepared: Project) -> None:
-    grid = {"sampler": "grid", "start_from_current": False, "space": {
-        "train.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True, "grid": [1.0e-3, 1.0e-2]},
-        "train.model.hidden": {"choices": [[32], [64, 32]]}}}
+    grid = {
+        "sampler": "grid",
+        "start_from_current": False,
+        "space": {
+            "train.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True, "grid": [1.0e-3, 1.0e-2]},
+            "train.model.hidden": {"choices": [[32], [64, 32]]},
+        },
+    }
     prepared.set_params(tune={**QUICK_TUNE, **grid})
     try:
         tune(prepared, "--study", "grid", "--storage", f"sqlite:///{prepared.path('grid.db')}", "--trials", "6")
@@ -218,8 +242,12 @@ def test_cross_validation_reports_every_fold_with_mean_and_spread(prepared: Proj
 # ------------------------------------------------------------------- into the pipeline, and ensembles
 def test_the_tuning_flow_carries_the_best_ensemble_through_train_export_and_the_gate(tmp_path: Path) -> None:
     project = new_project(tmp_path)
-    project.set_params(data={"as_of": "2011-06-30"}, train=FAST_TRAIN, evaluate={"min_slice_rows": 100},
-                       tune={**QUICK_TUNE, "ensemble": {"top_k": 2}})
+    project.set_params(
+        data={"as_of": "2011-06-30"},
+        train=FAST_TRAIN,
+        evaluate={"min_slice_rows": 100},
+        tune={**QUICK_TUNE, "ensemble": {"top_k": 2}},
+    )
     project.commit("tune, then train an ensemble of the best two")
     project.run(sys.executable, "-m", "flows.tuning", "--trials", "4")
 

@@ -36,8 +36,16 @@ def bike() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def check(window: pd.DataFrame, reference: pd.DataFrame, **policy):
-    return check_window(window, reference, BIKE, MonitorParams(**policy), model_version="v1",
-                        reference_metrics=REFERENCE_METRICS, window_start=T0, window_end=T1)
+    return check_window(
+        window,
+        reference,
+        BIKE,
+        MonitorParams(**policy),
+        model_version="v1",
+        reference_metrics=REFERENCE_METRICS,
+        window_start=T0,
+        window_end=T1,
+    )
 
 
 def test_traffic_like_the_training_data_is_not_drift(bike) -> None:
@@ -69,8 +77,11 @@ def test_summer_traffic_against_a_winter_model_is_drift_and_names_the_columns(bi
 
 def test_per_column_methods_and_the_drift_share_come_from_the_policy(bike) -> None:
     reference, served = bike
-    result, _ = check(served.drop(columns="cnt"), reference,
-                      drift={"num_method": "ks", "per_column_method": {"hum": "psi"}, "share": 0.9})
+    result, _ = check(
+        served.drop(columns="cnt"),
+        reference,
+        drift={"num_method": "ks", "per_column_method": {"hum": "psi"}, "share": 0.9},
+    )
     methods = {c.column: c.method for c in result.columns}
     assert methods["temp"] == "ks" and methods["hum"] == "psi" and methods["season"] != "ks"
     assert result.share_threshold == 0.9
@@ -95,8 +106,14 @@ def test_labels_that_arrived_show_degraded_performance(bike, tmp_path) -> None:
 
 def test_smtp_settings_come_from_the_environment() -> None:
     assert SmtpSettings.from_env({}) is None
-    settings = SmtpSettings.from_env({"LOOPLINE_SMTP_HOST": "mail.example.test", "LOOPLINE_SMTP_SECURITY": "ssl",
-                                      "LOOPLINE_SMTP_USER": "u", "LOOPLINE_SMTP_PASSWORD": "p"})
+    settings = SmtpSettings.from_env(
+        {
+            "LOOPLINE_SMTP_HOST": "mail.example.test",
+            "LOOPLINE_SMTP_SECURITY": "ssl",
+            "LOOPLINE_SMTP_USER": "u",
+            "LOOPLINE_SMTP_PASSWORD": "p",
+        }
+    )
     assert (settings.host, settings.port, settings.security, settings.user) == ("mail.example.test", 465, "ssl", "u")
     with pytest.raises(ConfigError, match="LOOPLINE_SMTP_SECURITY='tls1': expected starttls, ssl or none"):
         SmtpSettings.from_env({"LOOPLINE_SMTP_HOST": "h", "LOOPLINE_SMTP_SECURITY": "tls1"})

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from loopline.config import EvaluateParams, TrainParams
+from loopline.metrics import CLASSIFICATION_METRICS
 from models.baselines import fit_baselines
 from models.evaluate import evaluate, plot_evaluation
 from models.inference import predict
-from loopline.metrics import CLASSIFICATION_METRICS
 from models.trainer import train_model
 from toy import model_for, toy_data
 
@@ -18,11 +18,20 @@ from toy import model_for, toy_data
 def test_classification_is_scored_per_class_with_its_confusion_matrix_and_curves(task: str, tmp_path) -> None:
     data = toy_data(task)
     model = model_for(data)
-    train_model(model, data.batch("train"), data.batch("val"), TrainParams(epochs=3, batch_size=64),
-                seed=0, lr=3e-3, device=model.num_mean.device)
+    train_model(
+        model,
+        data.batch("train"),
+        data.batch("val"),
+        TrainParams(epochs=3, batch_size=64),
+        seed=0,
+        lr=3e-3,
+        device=model.num_mean.device,
+    )
     test = data.frames["test"]
     pred = predict(model, test, data.schema)
-    baselines = {n: b.predict(test, data.schema) for n, b in fit_baselines(data.frames["train"], data.schema, 0).items()}
+    baselines = {
+        n: b.predict(test, data.schema) for n, b in fit_baselines(data.frames["train"], data.schema, 0).items()
+    }
     result = evaluate(pred, baselines, test, data.schema, EvaluateParams())
 
     assert set(result.metrics) == {"model", "majority", "linear", "hist_gradient_boosting"}

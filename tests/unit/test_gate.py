@@ -12,25 +12,36 @@ from loopline.config import EvaluateParams, GateParams, TrainParams, load_params
 from loopline.errors import ConfigError
 from models.baselines import fit_baselines
 from models.evaluate import evaluate
-from release.gate import Evidence, judge
 from models.inference import predict
 from models.trainer import train_model
+from release.gate import Evidence, judge
 from toy import model_for, toy_data
 
 RAW_RULES = yaml.safe_load((REPO / "params.yaml").read_text())["gate"]
 RULES = GateParams.model_validate(RAW_RULES)
 PARITY = {"passed": True, "onnx_sha256": "abc", "max_abs_diff": 1e-6, "atol": 1e-4, "rtol": 1e-5}
-CHECKS = [{"name": n, "passed": True, "skipped": False}
-          for n in ("loss_at_init", "overfit_one_batch", "input_independent_baseline", "gradients")]
+CHECKS = [
+    {"name": n, "passed": True, "skipped": False}
+    for n in ("loss_at_init", "overfit_one_batch", "input_independent_baseline", "gradients")
+]
 
 
 def evidence(**overrides) -> Evidence:
-    slices = {"c": {"a": {"rows": 500, "judged": True, "mae": 1.0, "rmse": 1.5},
-                    "b": {"rows": 500, "judged": True, "mae": 1.0, "rmse": 1.5},
-                    "d": {"rows": 10, "judged": False, "mae": 9.0, "rmse": 9.0}}}
-    base = dict(metrics={"mae": 1.0, "rmse": 1.5, "r2": 0.8}, slices=slices,
-                baselines={"mean": {"mae": 3.0, "rmse": 4.0, "r2": 0.0}, "linear": {"mae": 2.0, "rmse": 2.5, "r2": 0.5}},
-                checks=CHECKS, parity=PARITY, onnx_sha256="abc")
+    slices = {
+        "c": {
+            "a": {"rows": 500, "judged": True, "mae": 1.0, "rmse": 1.5},
+            "b": {"rows": 500, "judged": True, "mae": 1.0, "rmse": 1.5},
+            "d": {"rows": 10, "judged": False, "mae": 9.0, "rmse": 9.0},
+        }
+    }
+    base = dict(
+        metrics={"mae": 1.0, "rmse": 1.5, "r2": 0.8},
+        slices=slices,
+        baselines={"mean": {"mae": 3.0, "rmse": 4.0, "r2": 0.0}, "linear": {"mae": 2.0, "rmse": 2.5, "r2": 0.5}},
+        checks=CHECKS,
+        parity=PARITY,
+        onnx_sha256="abc",
+    )
     base.update(overrides)
     return Evidence(**base)
 
@@ -43,8 +54,13 @@ def test_a_good_first_model_passes_and_the_report_says_there_is_no_champion() ->
     report = judge(RULES, evidence())
     assert report.passed, report.summary()
     assert "first model: there is no production model to compare with" in report.notes
-    assert {r.name for r in report.rules} >= {"threshold:r2", "beats:mean:mae", "beats:linear:rmse",
-                                               "recipe_checks", "export_parity"}
+    assert {r.name for r in report.rules} >= {
+        "threshold:r2",
+        "beats:mean:mae",
+        "beats:linear:rmse",
+        "recipe_checks",
+        "export_parity",
+    }
     for rule in report.to_dict()["rules"]:
         assert {"name", "value", "threshold", "passed", "detail"} <= set(rule), rule
 
@@ -58,9 +74,14 @@ def test_a_missing_or_empty_rule_set_fails(tmp_path, section) -> None:
     assert failed(report) == ["rule_set"]
 
 
-@pytest.mark.parametrize(("typo", "named"), [
-    ("baseline_margn", "'baseline_margin'"), ("champion_tolerence", "'champion_tolerance'"),
-], ids=["baseline_margn", "champion_tolerence"])
+@pytest.mark.parametrize(
+    ("typo", "named"),
+    [
+        ("baseline_margn", "'baseline_margin'"),
+        ("champion_tolerence", "'champion_tolerance'"),
+    ],
+    ids=["baseline_margn", "champion_tolerence"],
+)
 def test_a_mistyped_gate_key_is_refused_naming_the_valid_one(tmp_path, typo, named) -> None:
     rules = {**RAW_RULES, typo: 0.5}
     params_file = tmp_path / "params.yaml"
@@ -87,9 +108,17 @@ def test_an_unknown_metric_or_top_level_section_is_refused_with_the_closest_name
 
 
 def test_rules_that_do_not_apply_to_the_task_fail_instead_of_passing_vacuously() -> None:
-    rules = RULES.model_copy(update={"thresholds": {"accuracy": GateParams.model_validate(
-        {**RAW_RULES, "thresholds": {"accuracy": {"min": 0.9}}}).thresholds["accuracy"]},
-        "compare_metrics": ["roc_auc"], "baselines": ["majority"]})
+    rules = RULES.model_copy(
+        update={
+            "thresholds": {
+                "accuracy": GateParams.model_validate(
+                    {**RAW_RULES, "thresholds": {"accuracy": {"min": 0.9}}}
+                ).thresholds["accuracy"]
+            },
+            "compare_metrics": ["roc_auc"],
+            "baselines": ["majority"],
+        }
+    )
     assert set(failed(judge(rules, evidence()))) == {"thresholds", "compare_metrics", "baselines"}
 
 
@@ -117,8 +146,14 @@ def test_a_candidate_worse_than_the_champion_on_one_slice_is_rejected() -> None:
     champion_slices = copy.deepcopy(evidence().slices)
     champion_slices["c"]["a"]["mae"] = 0.9  # the candidate's 1.0 is 11% worse on c=a
     champion_slices["c"]["d"]["mae"] = 1.0  # a slice too small to judge: not held against it
-    report = judge(RULES, evidence(champion="0123456789abcdef", champion_metrics={"mae": 1.0, "rmse": 1.5, "r2": 0.8},
-                                   champion_slices=champion_slices))
+    report = judge(
+        RULES,
+        evidence(
+            champion="0123456789abcdef",
+            champion_metrics={"mae": 1.0, "rmse": 1.5, "r2": 0.8},
+            champion_slices=champion_slices,
+        ),
+    )
     assert failed(report) == ["champion:c=a:mae"]
     assert report.champion == "0123456789abcdef"
     rule = report.failures[0]
@@ -126,8 +161,14 @@ def test_a_candidate_worse_than_the_champion_on_one_slice_is_rejected() -> None:
 
 
 def test_within_the_tolerance_of_the_champion_passes() -> None:
-    report = judge(RULES, evidence(champion="0123456789abcdef", champion_metrics={"mae": 0.99, "rmse": 1.49, "r2": 0.8},
-                                   champion_slices=evidence().slices))
+    report = judge(
+        RULES,
+        evidence(
+            champion="0123456789abcdef",
+            champion_metrics={"mae": 0.99, "rmse": 1.49, "r2": 0.8},
+            champion_slices=evidence().slices,
+        ),
+    )
     assert report.passed, report.summary()
 
 
@@ -138,13 +179,28 @@ def test_a_champion_that_cannot_be_scored_fails_closed() -> None:
 def test_a_candidate_trained_on_shuffled_labels_is_rejected() -> None:
     data = toy_data(shuffle_labels=True)
     model = model_for(data)
-    train_model(model, data.batch("train"), data.batch("val"), TrainParams(epochs=5, batch_size=64),
-                seed=0, lr=3e-3, device=model.num_mean.device)
+    train_model(
+        model,
+        data.batch("train"),
+        data.batch("val"),
+        TrainParams(epochs=5, batch_size=64),
+        seed=0,
+        lr=3e-3,
+        device=model.num_mean.device,
+    )
     test = data.frames["test"]
-    baselines = {name: b.predict(test, data.schema) for name, b in fit_baselines(data.frames["train"], data.schema, 0).items()}
+    baselines = {
+        name: b.predict(test, data.schema) for name, b in fit_baselines(data.frames["train"], data.schema, 0).items()
+    }
     result = evaluate(predict(model, test, data.schema), baselines, test, data.schema, EvaluateParams())
-    report = judge(RULES, evidence(metrics=result.metrics["model"], slices=result.slices,
-                                   baselines={k: v for k, v in result.metrics.items() if k != "model"}))
+    report = judge(
+        RULES,
+        evidence(
+            metrics=result.metrics["model"],
+            slices=result.slices,
+            baselines={k: v for k, v in result.metrics.items() if k != "model"},
+        ),
+    )
     assert not report.passed
     assert "threshold:r2" in failed(report)
     assert {"beats:mean:mae", "beats:mean:rmse"} <= set(failed(report))

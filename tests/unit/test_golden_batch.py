@@ -18,5 +18,7 @@ def test_the_golden_batch_reaches_every_category_and_both_ends_of_every_range() 
         assert "__not_a_category__" in set(golden[col.name])
     for col in data.schema.numeric_features:  # the toy schema has no bounds: the training data's ends
         values = pd.to_numeric(golden[col.name], errors="coerce")
-        assert values.min() == pytest.approx(train[col.name].min()) and values.max() == pytest.approx(train[col.name].max())
+        assert values.min() == pytest.approx(train[col.name].min()) and values.max() == pytest.approx(
+            train[col.name].max()
+        )
     assert golden["w"].isna().any()  # the nullable column's missing value

@@ -4,11 +4,18 @@ ONNX file and the records the pipeline left. Checked on every import, lazy ones 
 from __future__ import annotations
 
 import pytest
-
 from test_pipeline_map import imported_modules, module_file
 
-TORCH_FREE = ["release.cli", "release.promote", "release.store", "monitoring.check", "flows.training",
-              "flows.monitor", "flows.demo", "serving.service"]
+TORCH_FREE = [
+    "release.cli",
+    "release.promote",
+    "release.store",
+    "monitoring.check",
+    "flows.training",
+    "flows.monitor",
+    "flows.demo",
+    "serving.service",
+]
 
 
 def imports_reached(module: str) -> tuple[set[str], set[str]]:

@@ -111,7 +111,8 @@ def test_failed_checks_stop_training_unless_skipped_by_name(data: PreparedSplits
 
 
 def test_the_lr_range_test_suggests_a_rate_where_the_loss_falls_fastest_and_plots_its_curve(
-        data: PreparedSplits, tmp_path) -> None:
+    data: PreparedSplits, tmp_path
+) -> None:
     result = lr_range_test(model_for(data), data.batch("train"), TrainParams(), seed=0)
     assert len(result.lrs) >= 20 and result.lrs == sorted(result.lrs)
     at = result.lrs.index(result.suggested_lr)
@@ -121,13 +122,20 @@ def test_the_lr_range_test_suggests_a_rate_where_the_loss_falls_fastest_and_plot
     assert at < lowest
     assert result.smoothed[at + 1] < result.smoothed[at - 1]
     slopes = np.gradient(np.asarray(result.smoothed), np.log10(result.lrs))
-    assert slopes[at] == pytest.approx(slopes[3:len(slopes) - 3].min())
+    assert slopes[at] == pytest.approx(slopes[3 : len(slopes) - 3].min())
     # And training from it works: 200 steps at the suggestion beat 200 steps at 1/100 of it.
     losses = {}
     for lr in (result.suggested_lr, result.suggested_lr / 100):
         model = model_for(data)
-        trained = train_model(model, data.batch("train"), data.batch("val"), TrainParams(epochs=3, schedule="constant"),
-                              seed=0, lr=lr, device=model.num_mean.device)
+        trained = train_model(
+            model,
+            data.batch("train"),
+            data.batch("val"),
+            TrainParams(epochs=3, schedule="constant"),
+            seed=0,
+            lr=lr,
+            device=model.num_mean.device,
+        )
         losses[lr] = trained.best_val_loss
     assert losses[result.suggested_lr] < losses[result.suggested_lr / 100]
     plot_lr_range(result, tmp_path / "lr_range.png")

@@ -22,8 +22,10 @@ def test_records_from_many_threads_all_reach_parquet_files_and_close_flushes_the
 
     def serve(thread: int) -> None:
         for i in range(20):
-            records = [{numeric.name: float(i), categorical.name: categorical.categories[1]},
-                       {numeric.name: float(i) + 0.5}]  # the categorical field left out: null
+            records = [
+                {numeric.name: float(i), categorical.name: categorical.categories[1]},
+                {numeric.name: float(i) + 0.5},
+            ]  # the categorical field left out: null
             log.record(f"t{thread}-r{i}", "v1", encode(records), np.array([0.8, 0.1]))
 
     threads = [threading.Thread(target=serve, args=(t,)) for t in range(4)]
@@ -39,8 +41,15 @@ def test_records_from_many_threads_all_reach_parquet_files_and_close_flushes_the
     assert len(frame) == 4 * 20 * 2
     assert all(sorted(records) == [0, 1] for _, records in frame.groupby("request_id")["record"])
     classes = [str(c) for c in ACS.classes]
-    assert list(frame.columns) == ["request_id", "record", "served_at", "model_version",
-                                   *[c.name for c in ACS.features], "prediction", *[f"proba_{c}" for c in classes]]
+    assert list(frame.columns) == [
+        "request_id",
+        "record",
+        "served_at",
+        "model_version",
+        *[c.name for c in ACS.features],
+        "prediction",
+        *[f"proba_{c}" for c in classes],
+    ]
     first = frame[(frame["request_id"] == "t0-r3")].sort_values("record")
     assert first[numeric.name].tolist() == [3.0, 3.5]
     assert first[categorical.name].iloc[0] == categorical.categories[1] and pd.isna(first[categorical.name].iloc[1])

@@ -13,8 +13,18 @@ from loopline.schema import load_schema
 BIKE = load_schema(REPO / "schemas/bike.yaml")
 ACS = load_schema(REPO / "schemas/acs.yaml")
 Request = request_model(BIKE, max_records=3)
-GOOD = {"season": "summer", "hr": 8, "holiday": "No", "weekday": "Mon", "workingday": "Yes",
-        "weathersit": "Clear", "temp": 20, "atemp": 22.5, "hum": 50, "windspeed": 10.0}
+GOOD = {
+    "season": "summer",
+    "hr": 8,
+    "holiday": "No",
+    "weekday": "Mon",
+    "workingday": "Yes",
+    "weathersit": "Clear",
+    "temp": 20,
+    "atemp": 22.5,
+    "hum": 50,
+    "windspeed": 10.0,
+}
 
 
 def problems(body) -> list[dict[str, str]]:
@@ -38,31 +48,51 @@ def test_a_nullable_field_may_be_left_out() -> None:
     assert Request.model_validate({"records": [record]}).records[0].weathersit is None
 
 
-@pytest.mark.parametrize("record, field, problem", [
-    ({k: v for k, v in GOOD.items() if k != "temp"}, "records[0].temp", "missing: the column takes no null"),
-    ({**GOOD, "temp": "warm"}, "records[0].temp", "Input should be a valid number"),
-    ({**GOOD, "temp": True}, "records[0].temp", "Input should be a valid number"),
-    ({**GOOD, "temp": 99}, "records[0].temp", "less than or equal to 50"),
-    ({**GOOD, "hum": -1}, "records[0].hum", "greater than or equal to 0"),
-    ({**GOOD, "season": "monsoon"}, "records[0].season", "'monsoon' is not one of the categories: 'spring', 'summer'"),
-    ({**GOOD, "hr": "8"}, "records[0].hr", "'8' is not one of the categories: 0, 1, 2"),
-    ({**GOOD, "season": None}, "records[0].season", "is not one of the categories"),
-    ({**GOOD, "colour": "red"}, "records[0].colour", "unknown field: not a feature of the model's schema"),
-], ids=["missing", "wrong type", "boolean", "above max", "below min", "unknown category", "category as text",
-        "null where not nullable", "unknown field"])
+@pytest.mark.parametrize(
+    "record, field, problem",
+    [
+        ({k: v for k, v in GOOD.items() if k != "temp"}, "records[0].temp", "missing: the column takes no null"),
+        ({**GOOD, "temp": "warm"}, "records[0].temp", "Input should be a valid number"),
+        ({**GOOD, "temp": True}, "records[0].temp", "Input should be a valid number"),
+        ({**GOOD, "temp": 99}, "records[0].temp", "less than or equal to 50"),
+        ({**GOOD, "hum": -1}, "records[0].hum", "greater than or equal to 0"),
+        (
+            {**GOOD, "season": "monsoon"},
+            "records[0].season",
+            "'monsoon' is not one of the categories: 'spring', 'summer'",
+        ),
+        ({**GOOD, "hr": "8"}, "records[0].hr", "'8' is not one of the categories: 0, 1, 2"),
+        ({**GOOD, "season": None}, "records[0].season", "is not one of the categories"),
+        ({**GOOD, "colour": "red"}, "records[0].colour", "unknown field: not a feature of the model's schema"),
+    ],
+    ids=[
+        "missing",
+        "wrong type",
+        "boolean",
+        "above max",
+        "below min",
+        "unknown category",
+        "category as text",
+        "null where not nullable",
+        "unknown field",
+    ],
+)
 def test_a_bad_record_is_refused_with_its_field_and_problem(record, field, problem) -> None:
     found = problems({"records": [record]})
     assert found[0]["field"] == field
     assert problem in found[0]["problem"]
 
 
-@pytest.mark.parametrize("body, field, problem", [
-    ({"records": []}, "records", "at least 1 item"),
-    ({"records": [GOOD] * 4}, "records", "at most 3 items"),
-    ({}, "records", "missing"),
-    ({"records": [GOOD], "extra": 1}, "extra", "unknown field"),
-    ([GOOD], "body", "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, field, problem",
+    [
+        ({"records": []}, "records", "at least 1 item"),
+        ({"records": [GOOD] * 4}, "records", "at most 3 items"),
+        ({}, "records", "missing"),
+        ({"records": [GOOD], "extra": 1}, "extra", "unknown field"),
+        ([GOOD], "body", "must be a JSON object"),
+    ],
+)
 def test_a_bad_request_body_is_refused_with_what_is_wrong(body, field, problem) -> None:
     found = problems(body)
     assert found[0]["field"] == field and problem in found[0]["problem"]
@@ -90,8 +120,12 @@ def test_ground_truth_labels_are_typed_like_the_target() -> None:
 
     Label = label_model(BIKE)
     assert Label.model_validate({"request_id": "r1", "record": 2, "value": 41}).value == 41
-    for bad, field in (({"request_id": "r1", "value": -1}, "value"), ({"request_id": "", "value": 3}, "request_id"),
-                       ({"request_id": "r1", "value": "many"}, "value"), ({"value": 3}, "request_id")):
+    for bad, field in (
+        ({"request_id": "r1", "value": -1}, "value"),
+        ({"request_id": "", "value": 3}, "request_id"),
+        ({"request_id": "r1", "value": "many"}, "value"),
+        ({"value": 3}, "request_id"),
+    ):
         with pytest.raises(ValidationError) as caught:
             Label.model_validate(bad)
         assert describe_errors(caught.value)[0]["field"] == field
@@ -111,10 +145,13 @@ def test_errors_reported_without_their_inputs_are_described_just_as_precisely() 
     found = describe_errors(reported)
     assert found == [
         {"field": "records[0].season", "problem": "not one of the categories: 'spring', 'summer', 'fall' or 'winter'"},
-        {"field": "records[0].colour", "problem": "unknown field: not a feature of the model's schema"}]
+        {"field": "records[0].colour", "problem": "unknown field: not a feature of the model's schema"},
+    ]
     body = error_body(found)
-    assert body["error"] == ("invalid request: records[0].season: not one of the categories: 'spring', 'summer', "
-                             "'fall' or 'winter' (and 1 more)")
+    assert body["error"] == (
+        "invalid request: records[0].season: not one of the categories: 'spring', 'summer', "
+        "'fall' or 'winter' (and 1 more)"
+    )
     assert body["problems"] == found
     with pytest.raises(ValidationError) as caught:
         Request.model_validate_json(b"{not json")
@@ -128,9 +165,12 @@ def test_records_encode_without_a_dataframe_exactly_as_the_training_encoding_doe
 
     from loopline.features import RecordEncoder
 
-    records = [GOOD, {**GOOD, "weathersit": None, "hr": 23, "temp": 12.345678}, {k: v for k, v in GOOD.items()
-                                                                               if k != "weathersit"},
-               {**GOOD, "season": "monsoon", "hr": 7.0, "hum": None}]  # values validation would refuse, too
+    records = [
+        GOOD,
+        {**GOOD, "weathersit": None, "hr": 23, "temp": 12.345678},
+        {k: v for k, v in GOOD.items() if k != "weathersit"},
+        {**GOOD, "season": "monsoon", "hr": 7.0, "hum": None},
+    ]  # values validation would refuse, too
     fast = RecordEncoder(BIKE)(records)
     slow = encode_features(pd.DataFrame(records, columns=[c.name for c in BIKE.features]), BIKE)
     np.testing.assert_array_equal(fast.numeric, slow.numeric)

@@ -17,7 +17,12 @@ def test_bike_schema_describes_a_regression_over_calendar_and_weather() -> None:
     assert schema.time_column == "timestamp"
     assert [c.name for c in schema.numeric_features] == ["temp", "atemp", "hum", "windspeed"]
     assert [c.name for c in schema.categorical_features] == [
-        "season", "hr", "holiday", "weekday", "workingday", "weathersit"
+        "season",
+        "hr",
+        "holiday",
+        "weekday",
+        "workingday",
+        "weathersit",
     ]
     assert set(schema.drop_columns) == {"casual", "registered"}
 
@@ -44,10 +49,14 @@ def _with(change) -> dict:
 
 CONTRADICTIONS = {
     "target not a column": (lambda s: s.update(target="power"), "target: 'power' is not one of the columns"),
-    "min above max": (lambda s: s["columns"]["temp"].update(min=5, max=1), "columns.temp: min (5) is greater than max (1)"),
+    "min above max": (
+        lambda s: s["columns"]["temp"].update(min=5, max=1),
+        "columns.temp: min (5) is greater than max (1)",
+    ),
     "regression on a category": (lambda s: s.update(target="site"), "regression needs a numeric target"),
     "binary with three classes": (
-        lambda s: s.update(task="binary", target="site"), "binary needs exactly 2 target categories; 'site' has 3"
+        lambda s: s.update(task="binary", target="site"),
+        "binary needs exactly 2 target categories; 'site' has 3",
     ),
     "nullable target": (lambda s: s["columns"]["load"].update(nullable=True), "the target cannot be nullable"),
     "policy on a non-nullable column": (
@@ -62,14 +71,22 @@ CONTRADICTIONS = {
         lambda s: s["columns"]["site"].update(nullable=True, missing="fill", fill_value="west"),
         "columns.site.fill_value: 'west' is not one of the column's categories",
     ),
-    "range on a category": (lambda s: s["columns"]["site"].update(min=0), "columns.site.min: only numeric columns take it"),
+    "range on a category": (
+        lambda s: s["columns"]["site"].update(min=0),
+        "columns.site.min: only numeric columns take it",
+    ),
     "repeated categories": (
-        lambda s: s["columns"]["site"].update(categories=["north", "north"]), "repeated categories: north"
+        lambda s: s["columns"]["site"].update(categories=["north", "north"]),
+        "repeated categories: north",
     ),
     "unknown kind": (lambda s: s["columns"]["temp"].update(kind="float"), "columns.temp.kind: 'float' is not one of"),
-    "time column that is a category": (lambda s: s.update(time_column="site"), "time_column: must be a datetime or numeric column"),
+    "time column that is a category": (
+        lambda s: s.update(time_column="site"),
+        "time_column: must be a datetime or numeric column",
+    ),
     "no way to split without leaking": (
-        lambda s: s.update(time_column=None), "rows_independent: the schema has no time_column and no group_column"
+        lambda s: s.update(time_column=None),
+        "rows_independent: the schema has no time_column and no group_column",
     ),
     "dropped and defined": (lambda s: s.update(drop_columns={"temp": "x"}), "'temp' is both dropped and defined"),
     "reserved name": (lambda s: s["columns"].update(_reason={"kind": "numeric"}), "'_reason' is reserved"),

@@ -30,10 +30,20 @@ def test_no_module_reads_a_loopline_variable_but_the_settings_module() -> None:
 
 
 def test_values_are_typed_and_a_bad_one_names_its_variable() -> None:
-    settings = Settings.from_env({"LOOPLINE_MAX_RECORDS": "50", "LOOPLINE_ACCESS_LOG": "yes",
-                                  "LOOPLINE_REGISTRY": "/srv/registry", "LOOPLINE_SWAP_POLL_SECONDS": "0.5"})
+    settings = Settings.from_env(
+        {
+            "LOOPLINE_MAX_RECORDS": "50",
+            "LOOPLINE_ACCESS_LOG": "yes",
+            "LOOPLINE_REGISTRY": "/srv/registry",
+            "LOOPLINE_SWAP_POLL_SECONDS": "0.5",
+        }
+    )
     assert (settings.max_records, settings.access_log, settings.registry, settings.swap_poll_seconds) == (
-        50, True, Path("/srv/registry"), 0.5)
+        50,
+        True,
+        Path("/srv/registry"),
+        0.5,
+    )
     assert Settings.from_env({}) == Settings()
     with pytest.raises(ConfigError, match="LOOPLINE_MAX_RECORDS='many': expected int"):
         Settings.from_env({"LOOPLINE_MAX_RECORDS": "many"})

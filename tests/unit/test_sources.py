@@ -8,7 +8,9 @@ import pytest
 from dataprep.sources import load_acs, load_bike, parse_hour
 
 
-@pytest.mark.parametrize("text, hour", [("12am", 0), ("1am", 1), ("11am", 11), ("12pm", 12), ("1pm", 13), ("11pm", 23), (" 6AM ", 6)])
+@pytest.mark.parametrize(
+    "text, hour", [("12am", 0), ("1am", 1), ("11am", 11), ("12pm", 12), ("1pm", 13), ("11pm", 23), (" 6AM ", 6)]
+)
 def test_hours_written_as_text_become_0_to_23(text: str, hour: int) -> None:
     assert parse_hour(text) == hour
 

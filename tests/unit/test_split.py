@@ -42,7 +42,10 @@ def test_time_split_puts_every_val_and_test_row_after_every_train_row(frame, fra
 
 @settings(max_examples=100, deadline=None)
 @given(
-    n=st.integers(10, 300), groups=st.integers(3, 40), seed=st.integers(0, 1000), fracs=fractions,
+    n=st.integers(10, 300),
+    groups=st.integers(3, 40),
+    seed=st.integers(0, 1000),
+    fracs=fractions,
 )
 def test_group_split_never_puts_one_group_in_two_splits(n, groups, seed, fracs) -> None:
     rng = np.random.default_rng(seed)
@@ -62,10 +65,15 @@ def test_time_split_refuses_data_with_too_few_distinct_times() -> None:
 
 
 def test_a_random_split_is_refused_unless_the_schema_says_rows_are_independent() -> None:
-    schema = schema_from_dict({
-        "name": "s", "task": "regression", "target": "y", "time_column": "t",
-        "columns": {"t": {"kind": "numeric"}, "x": {"kind": "numeric"}, "y": {"kind": "numeric"}},
-    })
+    schema = schema_from_dict(
+        {
+            "name": "s",
+            "task": "regression",
+            "target": "y",
+            "time_column": "t",
+            "columns": {"t": {"kind": "numeric"}, "x": {"kind": "numeric"}, "y": {"kind": "numeric"}},
+        }
+    )
     frame = pd.DataFrame({"t": range(20), "x": range(20), "y": range(20)})
     with pytest.raises(DataError, match="split method 'random' would leak"):
         split_rows(frame, schema, SplitParams(method="random"), seed=0)

@@ -20,15 +20,20 @@ def _raw(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-SCHEMA = schema_from_dict({
-    "name": "drift", "task": "regression", "target": "y", "time_column": "t",
-    "columns": {
-        "t": {"kind": "numeric", "integer": True},
-        "x": {"kind": "numeric", "nullable": True, "missing": "median"},
-        "c": {"kind": "categorical", "categories": ["a", "b", "c"], "nullable": True, "missing": "mode"},
-        "y": {"kind": "numeric"},
-    },
-})
+SCHEMA = schema_from_dict(
+    {
+        "name": "drift",
+        "task": "regression",
+        "target": "y",
+        "time_column": "t",
+        "columns": {
+            "t": {"kind": "numeric", "integer": True},
+            "x": {"kind": "numeric", "nullable": True, "missing": "median"},
+            "c": {"kind": "categorical", "categories": ["a", "b", "c"], "nullable": True, "missing": "mode"},
+            "y": {"kind": "numeric"},
+        },
+    }
+)
 
 
 def test_statistics_and_fills_are_fitted_on_the_training_split_only() -> None:
@@ -66,7 +71,12 @@ def test_exact_duplicates_are_dropped_and_counted() -> None:
 def test_valid_rows_get_their_schema_types() -> None:
     schema = load_schema(REPO / "schemas/acs.yaml")
     frame = pd.DataFrame({c.name: ["1"] * 3 for c in schema.columns})
-    frame["id"], frame["year"], frame["AGEP"], frame["employed"] = [1, 2, 3], [2015, 2016, 2017], ["30", 41.5, 7], [0, 1, 1.0]
+    frame["id"], frame["year"], frame["AGEP"], frame["employed"] = (
+        [1, 2, 3],
+        [2015, 2016, 2017],
+        ["30", 41.5, 7],
+        [0, 1, 1.0],
+    )
     frame["SCHL"] = [16, "21", 3.0]  # codes may arrive as numbers when read from CSV
     checked = quarantine_invalid_rows(_raw(frame), schema)
     assert checked.quarantined.empty
@@ -92,8 +102,10 @@ def test_booleans_are_not_numbers_even_in_a_parquet_batch(tmp_path) -> None:
     assert [m.tolist() for m, t, _ in hours.failures if m.any()] == [[False, True]]
 
 
-@pytest.mark.parametrize("text", ["2013-12-20 00:00", "2013-12-20T00:00:00Z", "2013-12-20", "2013-12-20T01:00:00+01:00",
-                                  "2013-12-20 00:00:00.000"])
+@pytest.mark.parametrize(
+    "text",
+    ["2013-12-20 00:00", "2013-12-20T00:00:00Z", "2013-12-20", "2013-12-20T01:00:00+01:00", "2013-12-20 00:00:00.000"],
+)
 def test_timestamps_are_read_per_value_in_any_iso_8601_form(text: str) -> None:
     from dataprep.validate import parse_datetimes
 
@@ -104,21 +116,30 @@ def test_timestamps_are_read_per_value_in_any_iso_8601_form(text: str) -> None:
 
 
 def test_a_time_that_is_not_iso_8601_is_quarantined_with_the_form_named() -> None:
-    schema = schema_from_dict({"name": "s", "task": "regression", "target": "y", "time_column": "at",
-                               "columns": {"at": {"kind": "datetime"}, "x": {"kind": "numeric"}, "y": {"kind": "numeric"}}})
+    schema = schema_from_dict(
+        {
+            "name": "s",
+            "task": "regression",
+            "target": "y",
+            "time_column": "at",
+            "columns": {"at": {"kind": "datetime"}, "x": {"kind": "numeric"}, "y": {"kind": "numeric"}},
+        }
+    )
     frame = pd.DataFrame({"at": ["2013-12-20 00:00", "2013-12-20T01:00:00Z", "20/12/2013"], "x": 1.0, "y": 2.0})
     checked = quarantine_invalid_rows(_raw(frame), schema)
     assert len(checked.valid) == 2
     assert checked.quarantined["_reason"].tolist() == [
-        "at: '20/12/2013' is not an ISO 8601 date/time (e.g. 2012-12-31 23:00 or 2012-12-31T23:00:00Z)"]
+        "at: '20/12/2013' is not an ISO 8601 date/time (e.g. 2012-12-31 23:00 or 2012-12-31T23:00:00Z)"
+    ]
 
 
 def test_a_served_null_meets_the_model_as_the_training_time_imputation_did() -> None:
     from loopline.features import RecordEncoder, encode_features
 
     n = 300
-    frame = pd.DataFrame({"t": range(n), "x": np.linspace(0, 10, n), "c": ["b"] * (n - 100) + ["c"] * 100,
-                          "y": np.arange(n) * 0.5})
+    frame = pd.DataFrame(
+        {"t": range(n), "x": np.linspace(0, 10, n), "c": ["b"] * (n - 100) + ["c"] * 100, "y": np.arange(n) * 0.5}
+    )
     frame.loc[[5, 250], "x"] = np.nan
     frame.loc[[6, 260], "c"] = None
     result = prepare(_raw(frame), SCHEMA, Params())

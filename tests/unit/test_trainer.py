@@ -107,8 +107,15 @@ def test_gradient_clipping_bounds_the_update_size() -> None:
     def first_step_change(clip: float | None) -> float:
         model = model_for(data)
         start = [p.detach().clone() for p in model.parameters()]
-        params = TrainParams(epochs=1, optimizer="sgd", momentum=0.0, weight_decay=0.0, schedule="constant",
-                             grad_clip_norm=clip, batch_size=len(train))
+        params = TrainParams(
+            epochs=1,
+            optimizer="sgd",
+            momentum=0.0,
+            weight_decay=0.0,
+            schedule="constant",
+            grad_clip_norm=clip,
+            batch_size=len(train),
+        )
         train_model(model, train, val, params, seed=0, lr=1.0, device=CPU)
         return float(torch.sqrt(sum(((p.detach() - s) ** 2).sum() for p, s in zip(model.parameters(), start))))
 
@@ -120,8 +127,9 @@ def test_gradient_clipping_bounds_the_update_size() -> None:
 def test_multiclass_head_trains_and_predicts_class_probabilities() -> None:
     data = toy_data("multiclass")
     model = model_for(data)
-    train_model(model, data.batch("train"), data.batch("val"), TrainParams(epochs=5, batch_size=64),
-                seed=0, lr=3e-3, device=CPU)
+    train_model(
+        model, data.batch("train"), data.batch("val"), TrainParams(epochs=5, batch_size=64), seed=0, lr=3e-3, device=CPU
+    )
     model.eval()
     proba = predict(model, data.frames["test"], data.schema)
     assert proba.shape == (len(data.frames["test"]), 3)

@@ -19,12 +19,19 @@ from pathlib import Path
 REGISTRY = "https://registry.npmjs.org"
 PACKAGES = (
     # (package, version, script inside the tarball, sha256 of the tarball)
-    ("vega", "5.20.2", "package/build/vega.min.js",
-     "d77deab01d6104b1239228720721f93003e60797d2faced7ffdd759fa70f989d"),
-    ("vega-lite", "5.2.0", "package/build/vega-lite.min.js",
-     "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b"),
-    ("vega-embed", "6.18.2", "package/build/vega-embed.min.js",
-     "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b"),
+    ("vega", "5.20.2", "package/build/vega.min.js", "d77deab01d6104b1239228720721f93003e60797d2faced7ffdd759fa70f989d"),
+    (
+        "vega-lite",
+        "5.2.0",
+        "package/build/vega-lite.min.js",
+        "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b",
+    ),
+    (
+        "vega-embed",
+        "6.18.2",
+        "package/build/vega-embed.min.js",
+        "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b",
+    ),
 )
 TEMPLATE = Path(__file__).with_name("template.html")
 
