@@ -37,6 +37,7 @@ import pandas as pd
 
 from loopline.config import update_params_file
 from loopline.paths import PROJECT_FILES
+from loopline.registry import Registry
 
 WORKSPACE = Path(__file__).resolve().parents[1]
 
@@ -207,7 +208,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(1.0)  # the request log flushes every 0.3 s
             real_end = datetime.now(timezone.utc)
             sim_end = week_start + pd.Timedelta(days=7)
-            before = json.loads((paths.root / "registry" / "production.json").read_text())["version"]
+            before = Registry.for_project(paths.root).production()
             outcome = monitoring(
                 start=real_start,
                 end=real_end,

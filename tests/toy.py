@@ -65,3 +65,20 @@ def toy_data(task: str = "regression", rows: int = 3000, shuffle_labels: bool = 
 
 def model_for(data: PreparedSplits, **overrides) -> TabularNet:
     return build_model(data, Params(train=TrainParams(**overrides)))
+
+
+def trained_model_for(data: PreparedSplits, epochs: int) -> TabularNet:
+    """A toy network trained briefly (batches of 64, lr 3e-3) on data's train split."""
+    from models.trainer import train_model
+
+    model = model_for(data)
+    train_model(
+        model,
+        data.batch("train"),
+        data.batch("val"),
+        TrainParams(epochs=epochs, batch_size=64),
+        seed=0,
+        lr=3e-3,
+        device=model.num_mean.device,
+    )
+    return model

@@ -5,28 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loopline.config import EvaluateParams, TrainParams
+from loopline.config import EvaluateParams
 from loopline.metrics import CLASSIFICATION_METRICS
 from models.baselines import fit_baselines
 from models.evaluate import evaluate, plot_evaluation
 from models.inference import predict
-from models.trainer import train_model
-from toy import model_for, toy_data
+from toy import model_for, toy_data, trained_model_for
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass"])
 def test_classification_is_scored_per_class_with_its_confusion_matrix_and_curves(task: str, tmp_path) -> None:
     data = toy_data(task)
-    model = model_for(data)
-    train_model(
-        model,
-        data.batch("train"),
-        data.batch("val"),
-        TrainParams(epochs=3, batch_size=64),
-        seed=0,
-        lr=3e-3,
-        device=model.num_mean.device,
-    )
+    model = trained_model_for(data, epochs=3)
     test = data.frames["test"]
     pred = predict(model, test, data.schema)
     baselines = {

@@ -8,14 +8,13 @@ import pytest
 import yaml
 
 from conftest import REPO
-from loopline.config import EvaluateParams, GateParams, TrainParams, load_params
+from loopline.config import EvaluateParams, GateParams, load_params
 from loopline.errors import ConfigError
 from models.baselines import fit_baselines
 from models.evaluate import evaluate
 from models.inference import predict
-from models.trainer import train_model
 from release.gate import Evidence, judge
-from toy import model_for, toy_data
+from toy import toy_data, trained_model_for
 
 RAW_RULES = yaml.safe_load((REPO / "params.yaml").read_text())["gate"]
 RULES = GateParams.model_validate(RAW_RULES)
@@ -178,16 +177,7 @@ def test_a_champion_that_cannot_be_scored_fails_closed() -> None:
 
 def test_a_candidate_trained_on_shuffled_labels_is_rejected() -> None:
     data = toy_data(shuffle_labels=True)
-    model = model_for(data)
-    train_model(
-        model,
-        data.batch("train"),
-        data.batch("val"),
-        TrainParams(epochs=5, batch_size=64),
-        seed=0,
-        lr=3e-3,
-        device=model.num_mean.device,
-    )
+    model = trained_model_for(data, epochs=5)
     test = data.frames["test"]
     baselines = {
         name: b.predict(test, data.schema) for name, b in fit_baselines(data.frames["train"], data.schema, 0).items()
