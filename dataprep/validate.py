@@ -104,19 +104,20 @@ def parse_datetimes(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True).dt.tz_localize(None)
 
 
-def _booleans(values: pd.Series) -> np.ndarray:
-    """Rows holding a boolean: a Parquet or pandas boolean column, or True/False among other values."""
+def _without_booleans(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """The values with booleans taken out (True/False would otherwise read as 1/0), and the rows that held
+    one: a Parquet or pandas boolean column, or True/False among other values."""
     if pd.api.types.is_bool_dtype(values.dtype):
-        return values.notna().to_numpy()
-    if values.dtype == object:
-        return values.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
-    return np.zeros(len(values), dtype=bool)
+        booleans = values.notna().to_numpy()
+    elif values.dtype == object:
+        booleans = values.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+    else:
+        return values, np.zeros(len(values), dtype=bool)
+    return (values.astype(object).where(~booleans, None) if booleans.any() else values), booleans
 
 
 def _check_numeric(values: pd.Series, col: Column, present: np.ndarray) -> _ColumnCheck:
-    booleans = _booleans(values)
-    if booleans.any():  # True/False would otherwise become 1.0/0.0
-        values = values.astype(object).where(~booleans, None)
+    values, booleans = _without_booleans(values)
     typed = pd.to_numeric(values, errors="coerce").astype("float64")
     num = typed.to_numpy()
     parsed = ~np.isnan(num)
@@ -139,8 +140,7 @@ def _check_numeric(values: pd.Series, col: Column, present: np.ndarray) -> _Colu
 def _check_categorical(values: pd.Series, col: Column, present: np.ndarray) -> _ColumnCheck:
     listed = _category_preview(col)
     if isinstance(col.categories[0], int):
-        booleans = _booleans(values)
-        numbers = values.astype(object).where(~booleans, None) if booleans.any() else values
+        numbers, _ = _without_booleans(values)
         num = pd.to_numeric(numbers, errors="coerce").to_numpy(dtype="float64")
         whole = ~np.isnan(num) & (num == np.round(num))
         known = whole & np.isin(num, np.asarray(col.categories, dtype="float64"))

@@ -66,9 +66,9 @@ def category_indexes(schema: FeatureSchema) -> list[dict[object, int]]:
 
 
 def _fill_numeric(numeric: np.ndarray, fills: np.ndarray) -> None:
-    missing = np.isnan(numeric) & ~np.isnan(fills)
-    if missing.any():
-        numeric[missing] = np.broadcast_to(fills, numeric.shape)[missing]
+    filled = ~np.isnan(fills)
+    if filled.any():  # most schemas fill nothing: no work on the request path then
+        np.copyto(numeric, fills, where=np.isnan(numeric) & filled)
 
 
 class RecordEncoder:

@@ -162,7 +162,6 @@ MODEL_TAG = production_model_tag()
 try:
     FIRST = load_served(MODEL_TAG)
 except RegistryError as exc:  # a tampered or corrupted file: one line, no traceback, nothing served
-    log.critical("not serving %s: %s", MODEL_TAG, exc)
     sys.stderr.write(f"loopline serve: not serving {MODEL_TAG}: {exc}\n")
     raise SystemExit(3) from None
 Record = record_model(FIRST.schema)  # the request body's records: types, ranges, categories, no unknown fields
