@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from dataprep import sources
-from dataprep.validate import PROVENANCE, parse_datetimes
+from dataprep.validate import HARVEST_PROVENANCE, PROVENANCE, parse_datetimes, provenance_columns
 from loopline.atomic import StagedOutputs, write_json
 from loopline.config import Params, load_dataset_schema, load_params, schema_path
 from loopline.errors import ConfigError, DataError
@@ -61,16 +61,16 @@ def conform_to_schema(df: pd.DataFrame, schema: FeatureSchema, summary: IngestSu
     if missing:
         raise DataError(
             f"{where}: missing column(s) {', '.join(repr(c) for c in missing)} required by schema "
-            f"{schema.name!r} (found: {', '.join(c for c in df.columns if c not in PROVENANCE)})"
+            f"{schema.name!r} (found: {', '.join(c for c in df.columns if c not in provenance_columns(df))})"
         )
     for name, reason in schema.drop_columns.items():
         if name in df.columns:
             summary.dropped_columns[name] = reason
-    ignored = [c for c in df.columns if c not in schema.column_names + PROVENANCE + list(schema.drop_columns)]
-    for name in ignored:
+    known = schema.column_names + PROVENANCE + HARVEST_PROVENANCE + list(schema.drop_columns)
+    for name in [c for c in df.columns if c not in known]:
         if name not in summary.ignored_columns:
             summary.ignored_columns.append(name)
-    return df[schema.column_names + PROVENANCE]
+    return df[schema.column_names + provenance_columns(df)]
 
 
 def parse_as_of(value: str | int | None, schema: FeatureSchema) -> tuple[object, bool] | None:

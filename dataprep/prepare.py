@@ -10,17 +10,18 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dataprep.report import build_data_report, metrics_of, render_html
 from dataprep.split import split_rows
 from dataprep.stats import apply_missing_policy, fit_missing_fills, fit_preprocessing_stats
-from dataprep.validate import PROVENANCE, ValidationResult, quarantine_invalid_rows
+from dataprep.validate import ValidationResult, provenance_columns, quarantine_invalid_rows
 from loopline.atomic import StagedOutputs, write_json
-from loopline.config import Params, load_dataset_schema, load_params
-from loopline.errors import DataError
+from loopline.config import Params, WindowParams, load_dataset_schema, load_params
+from loopline.errors import ConfigError, DataError
 from loopline.paths import SPLITS, ProjectPaths
-from loopline.schema import FeatureSchema
+from loopline.schema import FeatureSchema, Kind
 from loopline.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,20 @@ class PreparedData:
     quarantined: pd.DataFrame
     stats: dict[str, Any]
     report: dict[str, Any]
+    rows: pd.DataFrame
+    """Per split row: provenance and training weight (paths.prepared_rows)."""
 
 
 def prepare(raw: pd.DataFrame, schema: FeatureSchema, params: Params) -> PreparedData:
     checked = quarantine_invalid_rows(raw, schema)
     refuse_unusable_batches(raw, checked, params.prepare.max_invalid_share)
 
-    valid = checked.valid.drop(columns=PROVENANCE)
-    deduped = valid.drop_duplicates(keep="first").reset_index(drop=True)
+    valid = checked.valid
+    provenance = provenance_columns(valid)
+    deduped = valid.drop_duplicates(subset=[c for c in valid.columns if c not in provenance], keep="first")
+    deduped = deduped.reset_index(drop=True)
     duplicates = len(valid) - len(deduped)
+    deduped, outside_window = keep_window(deduped, schema, params.prepare.window)
 
     splits = split_rows(deduped, schema, params.prepare.split, params.seed)
     fills = fit_missing_fills(splits["train"], schema)
@@ -53,6 +59,8 @@ def prepare(raw: pd.DataFrame, schema: FeatureSchema, params: Params) -> Prepare
         missing_dropped += dropped
         if splits[name].empty:
             raise DataError(f"the {name} split is empty after the missing-value policy dropped {dropped} rows")
+    rows = row_record(splits, schema, params.prepare.window, provenance)
+    splits = {name: frame.drop(columns=provenance) for name, frame in splits.items()}
 
     stats = fit_preprocessing_stats(splits["train"], schema, fills)
     schema = replace(schema, learned_fills=fills)  # frozen with the model: serving fills nulls the same way
@@ -67,7 +75,61 @@ def prepare(raw: pd.DataFrame, schema: FeatureSchema, params: Params) -> Prepare
         split_method=params.prepare.split.method,
         fills=fills,
     )
-    return PreparedData(schema=schema, splits=splits, quarantined=checked.quarantined, stats=stats, report=report)
+    report["rows"]["outside_window"] = outside_window
+    report["rows"]["harvested"] = {
+        name: int(frame["_request_id"].notna().sum()) if "_request_id" in frame.columns else 0
+        for name, frame in rows.groupby("split", sort=False)
+    }
+    return PreparedData(
+        schema=schema, splits=splits, quarantined=checked.quarantined, stats=stats, report=report, rows=rows
+    )
+
+
+def _newest_time(frame: pd.DataFrame, schema: FeatureSchema, window: WindowParams) -> pd.Timestamp:
+    if schema.time_column is None or schema.column(schema.time_column).kind is not Kind.DATETIME:
+        raise ConfigError(
+            "params.yaml: prepare.window needs a datetime time_column in the schema to measure days on "
+            f"(schema {schema.name!r} has {schema.time_column or 'none'})"
+        )
+    return frame[schema.time_column].max()
+
+
+def keep_window(frame: pd.DataFrame, schema: FeatureSchema, window: WindowParams) -> tuple[pd.DataFrame, int]:
+    """The rows of the last `window.last_days` days before the newest row (all of them when unset), and
+    how many were left out."""
+    if window.last_days is None:
+        return frame, 0
+    newest = _newest_time(frame, schema, window)
+    keep = frame[schema.time_column] >= newest - pd.Timedelta(days=window.last_days)
+    return frame[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def recency_weights(times: pd.Series, newest: pd.Timestamp, half_life_days: float) -> np.ndarray:
+    """0.5 ** (age in days / half-life): the newest row weighs 1, a row one half-life older 0.5."""
+    age_days = (newest - times).dt.total_seconds().to_numpy(dtype=np.float64) / 86_400.0
+    return np.power(0.5, np.clip(age_days, 0.0, None) / half_life_days)
+
+
+def row_record(
+    splits: dict[str, pd.DataFrame], schema: FeatureSchema, window: WindowParams, provenance: list[str]
+) -> pd.DataFrame:
+    """One row per split row, in split order: the split, the row's position, its provenance columns and
+    its training weight (1 outside the training split, or everywhere without a half-life)."""
+    newest = None
+    if window.half_life_days is not None:
+        newest = max(_newest_time(frame, schema, window) for frame in splits.values())
+    parts = []
+    for name in SPLITS:
+        frame = splits[name]
+        part = frame[provenance].reset_index(drop=True)
+        part.insert(0, "row", np.arange(len(frame)))
+        part.insert(0, "split", name)
+        weight = np.ones(len(frame))
+        if newest is not None and name == "train":
+            weight = recency_weights(frame[schema.time_column], newest, window.half_life_days)
+        part["weight"] = weight
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def refuse_unusable_batches(raw: pd.DataFrame, checked: ValidationResult, max_invalid_share: float) -> None:
@@ -117,6 +179,7 @@ def run_prepare(paths: ProjectPaths | None = None) -> PreparedData:
         for name, frame in result.splits.items():
             frame.to_parquet(prepared / paths.split(name).name, index=False)
         _text_safe(result.quarantined).to_parquet(prepared / paths.quarantine.name, index=False)
+        _text_safe(result.rows).to_parquet(prepared / paths.prepared_rows.name, index=False)
         write_json(prepared / paths.preprocessing_stats.name, result.stats)
         write_json(prepared / paths.prepared_schema.name, result.schema.to_dict())
         write_json(out.path(paths.data_report_json), result.report)

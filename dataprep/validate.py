@@ -15,6 +15,15 @@ import pandas as pd
 from loopline.schema import Column, FeatureSchema, Kind
 
 PROVENANCE = ["_source_file", "_source_row"]
+"""Where a raw row came from: its file (or packaged dataset) and its row number there."""
+HARVEST_PROVENANCE = ["_request_id", "_record", "_model_version", "_served_at", "_label_received_at"]
+"""Where a harvested row came from (dataprep/harvest.py): the served record and its label; null for rows
+of the source and of other batches."""
+
+
+def provenance_columns(frame: pd.DataFrame) -> list[str]:
+    """The provenance columns `frame` carries, in their fixed order."""
+    return [c for c in PROVENANCE + HARVEST_PROVENANCE if c in frame.columns]
 
 
 @dataclass
@@ -53,7 +62,7 @@ def quarantine_invalid_rows(raw: pd.DataFrame, schema: FeatureSchema) -> Validat
     bad = np.zeros(n, dtype=bool)
     bad[list(reasons)] = True
     typed = pd.DataFrame(typed_columns, index=raw.index)
-    for name in PROVENANCE:
+    for name in provenance_columns(raw):
         typed[name] = raw[name].to_numpy()
     valid = typed[~bad].reset_index(drop=True)
     valid = _narrow_types(valid, schema)

@@ -1,16 +1,20 @@
 """The closed loop on the bike data, end to end: `make demo`.
 
-1. A scratch Loopline project (.state/demo/project; the workspace's own params and data are untouched)
-   trains as of `--train-until` through the `training` flow, and the model goes to production.
+1. A scratch Loopline project (.state/demo/project, its own git repository; the workspace's own params
+   and data are untouched) trains on the bundled data up to `--train-until` through the `training` flow,
+   and the model goes to production.
 2. `bentoml serve` starts on 127.0.0.1 over it.
-3. The following weeks of real hourly rows are replayed as HTTP traffic, a day per request, and each
-   day's true counts are posted to /feedback `--label-delay-days` later.
-4. After each replayed week the `monitoring` flow checks that week's traffic. On drift (the seasons, and
-   the growth from 2011 to 2012) it emails an alert (written to the scratch project's outbox/local as
-   .eml unless SMTP is configured), retrains on the data known at that date, gates the candidate and
-   promotes it if it passes; the running service swaps to it without a restart.
+3. The following weeks of real hourly rows are replayed as HTTP traffic, a day per request, each record
+   with its event time, and each day's true counts are posted to /feedback `--label-delay-days` later.
+4. After each replayed week the `monitoring` flow checks that week's traffic. On drift or degradation it
+   emails an alert (written to the scratch project's outbox/local as .eml unless SMTP is configured) and
+   starts the training flow, which harvests the labelled traffic into a batch, retrains on the initial
+   data plus everything harvested (never on the bundled file's later rows), commits the run on the
+   `loopline/retrain` branch, gates the candidate and promotes it if it passes; the running service
+   swaps to it without a restart.
 5. At the end: a timeline table (reports/demo/timeline.md) and a plot (reports/demo/weekly_error.png) of
-   the served model's weekly error against the first model left frozen, with alerts and promotions marked.
+   the served model's weekly error against the first model left frozen, with alerts, promotions and the
+   harvested rows each retraining used.
 
     python -m flows.demo [--weeks 12] [--full]
 """
@@ -52,6 +56,9 @@ class Week:
     mae_frozen: float = float("nan")
     verdict: str = ""
     events: list[str] = field(default_factory=list)
+    harvested_rows: int | None = None
+    """Rows harvested from the service in the data of the week's retraining (None: no retraining)."""
+    harvested_train_rows: int | None = None
 
 
 def scratch_project(dest: Path, train_until: str, cooldown_hours: float) -> Path:
@@ -64,12 +71,35 @@ def scratch_project(dest: Path, train_until: str, cooldown_hours: float) -> Path
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, dest / name)
-    update_params_file(
-        dest / "params.yaml",
-        {"data.source": "bike", "data.as_of": train_until, "monitor.alerts.cooldown_hours": cooldown_hours},
+    update_params_file(dest / "params.yaml", {"monitor.alerts.cooldown_hours": cooldown_hours})
+    identity = ["-c", "user.name=Loopline demo", "-c", "user.email=demo@localhost"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=dest, check=True)
+    seed_initial_data(dest, train_until)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(
+        ["git", *identity, "commit", "-q", "-m", f"The demo project, trained until {train_until}"], cwd=dest, check=True
     )
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=dest, check=True)
     return dest
+
+
+INITIAL_DATA = "data/external/initial.parquet"
+
+
+def seed_initial_data(project: Path, until: str) -> None:
+    """The bundled bike rows up to `until` (inclusive) as the project's source file, tracked by DVC: what
+    the first model knows. Later rows reach training only as harvested traffic."""
+    from dataprep.sources import load_bike
+    from dataprep.validate import PROVENANCE
+
+    bike = load_bike()
+    known = bike[bike["timestamp"] < pd.Timestamp(until) + pd.Timedelta(days=1)].drop(columns=PROVENANCE)
+    known.to_parquet(project / INITIAL_DATA, index=False)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "add", "-q", INITIAL_DATA], cwd=project, check=True)
+    update_params_file(
+        project / "params.yaml",
+        {"data.source": "file", "data.path": INITIAL_DATA, "data.schema": "schemas/bike.yaml", "data.as_of": None},
+    )
 
 
 class Client:
@@ -158,7 +188,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     from flows.training import training
 
     clock = time.monotonic()
-    first = training(as_of=args.train_until)
+    first = training()
     if not first["promoted"]:
         raise RuntimeError(f"the first model was not promoted: {first['reason']}")
     initial = first["version"]
@@ -183,7 +213,8 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
             real_start, onset = datetime.now(timezone.utc), time.monotonic()
             for day, day_rows in week_rows.groupby(week_rows["timestamp"].dt.date):
                 request_id = f"day-{day}"
-                records = json.loads(day_rows[features].to_json(orient="records"))
+                # Each record carries its event time, which the harvest gives the training row.
+                records = json.loads(day_rows[[*features, "timestamp"]].to_json(orient="records", date_format="iso"))
                 status, body = client.call("/predict", {"records": records}, {"x-request-id": request_id})
                 if status != 200:
                     raise RuntimeError(f"replay of {day}: HTTP {status}: {body}")
@@ -213,13 +244,15 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
                 start=real_start,
                 end=real_end,
                 now=sim_end.tz_localize("UTC").to_pydatetime(),
-                retrain_as_of=str((sim_end - pd.Timedelta(days=1)).date()),
+                retrain_as_of=None,  # retraining learns from the harvested traffic, not the bundled file's future
             )
             week.verdict = outcome["verdict"]
             if outcome["alerted"]:
                 week.events.append("alert")
             trained = outcome.get("training")
             if trained:
+                week.harvested_train_rows = sum(b["rows"].get("train", 0) for b in trained.get("harvested") or [])
+                week.harvested_rows = sum(sum(b["rows"].values()) for b in trained.get("harvested") or [])
                 if trained.get("promoted"):
                     promoted_at = time.monotonic()
                     client.wait_for(trained["version"])
@@ -272,13 +305,14 @@ def report(run: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
         week.mae_frozen = float(np.mean(np.abs(rows["frozen"] - rows["cnt"])))
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [
-        "| week | from | rows | served by | MAE with the loop | MAE frozen | check | events |",
-        "|---:|---|---:|---|---:|---:|---|---|",
+        "| week | from | rows | served by | MAE with the loop | MAE frozen | check | events | harvested rows (in training) |",
+        "|---:|---|---:|---|---:|---:|---|---|---|",
     ]
     for w in run["weeks"]:
+        harvested = "" if w.harvested_rows is None else f"{w.harvested_rows} ({w.harvested_train_rows})"
         lines.append(
             f"| {w.index} | {w.start.date()} | {w.rows} | {', '.join(sorted(v[:8] for v in w.served_versions))} "
-            f"| {w.mae_loop:.1f} | {w.mae_frozen:.1f} | {w.verdict} | {', '.join(w.events)} |"
+            f"| {w.mae_loop:.1f} | {w.mae_frozen:.1f} | {w.verdict} | {', '.join(w.events)} | {harvested} |"
         )
     loop, frozen = (float(np.mean(np.abs(served[c] - served["cnt"]))) for c in ("prediction", "frozen"))
     lines += [

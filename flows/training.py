@@ -1,18 +1,24 @@
-"""The `training` flow: the DVC stages as tasks, then the gate and promotion, reported as an artifact.
+"""The `training` flow: harvest, the DVC stages as tasks, a recorded commit, then the gate and promotion.
 
-    python -m flows.training [--as-of 2011-06-30]
+    python -m flows.training [--as-of 2011-06-30] [--no-harvest]
+
+With `retrain.record: branch` in a git project the run happens in a clean worktree on `retrain.branch`
+(loopline/gitrecord.py): the harvest writes its batch there, the stages run there, and the params it
+changed, dvc.lock and the batch's .dvc file are committed before the candidate is registered, so its
+lineage names a clean commit. Otherwise it runs in the project directory.
 
 Each stage is `dvc repro --single-item <stage>`: DVC decides whether it reruns, and a stage that fails
 leaves its last good outputs. A stage is retried on failures that look transient (a DVC lock held by
 another run, I/O timeouts); a data or configuration error fails at once. `as_of` moves params.yaml's
-`data.as_of` first, which is how retraining takes the newer data in. A candidate the gate rejects ends
-the flow with `promoted: false` and its gate table, and an alert email; a failed run is emailed too.
+`data.as_of` first. A candidate the gate rejects ends the flow with `promoted: false` and its gate table,
+and an alert email; a failed run is emailed too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +43,11 @@ class StageFailed(RuntimeError):
 
 def repro_stage(root: Path, stage: str) -> str:
     """`dvc repro --single-item <stage>` with this interpreter's tools first on PATH."""
-    import os
-
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "LOOPLINE_ROOT": str(root),  # the stage runs where DVC runs it (the worktree, for a recorded run)
+    }
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage],
         cwd=root,
@@ -74,12 +82,13 @@ def set_as_of(paths: ProjectPaths, as_of: str | None) -> None:
         update_params_file(paths.params, {"data.as_of": as_of})
 
 
-def gate_and_promote(paths: ProjectPaths) -> dict[str, Any]:
-    """Register the candidate; promote it if the gate passed. Never forces."""
+def gate_and_promote(paths: ProjectPaths, registry_root: Path | None = None) -> dict[str, Any]:
+    """Register the candidate built under `paths` in the project's registry (`registry_root`, default the
+    same project); promote it if the gate passed. Never forces."""
     from loopline.registry import Registry
     from release.promote import PromotionRefused, promote, register_candidate
 
-    registry = Registry.for_project(paths.root)
+    registry = Registry.for_project(registry_root or paths.root)
     version, report, _ = register_candidate(paths, registry)
     outcome: dict[str, Any] = {
         "version": version.id,
@@ -88,6 +97,8 @@ def gate_and_promote(paths: ProjectPaths) -> dict[str, Any]:
         "gate_summary": report.summary(),
         "metrics": version.metadata["metrics"]["model"],
         "production_before": registry.production(),
+        "commit": version.metadata.get("git", {}).get("commit"),
+        "harvested": version.metadata.get("harvested", []),
     }
     if not report.passed:
         return {**outcome, "promoted": False, "reason": "the candidate did not pass the gate"}
@@ -102,11 +113,49 @@ def gate_and_promote(paths: ProjectPaths) -> dict[str, Any]:
     }
 
 
+@task(task_run_name="open the retraining worktree")
+def worktree_task(project: ProjectPaths) -> ProjectPaths:
+    """Where this run happens: a clean worktree on retrain.branch, or the project itself."""
+    from loopline.config import load_params
+    from loopline.gitrecord import is_git_repo, open_worktree
+
+    params = load_params(project.params)
+    if params.retrain.record == "off" or not is_git_repo(project.root):
+        return project
+    work = open_worktree(project, params.retrain.branch)
+    # The served traffic and its labels stay the project's, wherever the run happens.
+    os.environ.setdefault("LOOPLINE_REQUEST_LOG", str(project.request_log_dir))
+    os.environ.setdefault("LOOPLINE_GROUND_TRUTH", str(project.ground_truth_dir))
+    return work
+
+
+@task(task_run_name="harvest the labelled traffic")
+def harvest_task(work: ProjectPaths) -> dict[str, Any]:
+    from dataprep.harvest import run_harvest
+
+    return run_harvest(work).to_dict()
+
+
+@task(task_run_name="commit the run")
+def commit_task(work: ProjectPaths, as_of: str | None, harvested: dict[str, Any] | None) -> str:
+    from loopline.gitrecord import commit_run
+
+    what = [f"{harvested['rows']} harvested rows in {harvested['batch']}"] if harvested and harvested["batch"] else []
+    if as_of is not None:
+        what.append(f"data.as_of {as_of}")
+    return commit_run(work, "Retraining: " + ("; ".join(what) or "the pipeline rerun on the recorded data"))
+
+
 def report_markdown(outcome: dict[str, Any]) -> str:
     lines = [
         f"# Training run: candidate {outcome['version']}",
         "",
         f"**{'Promoted' if outcome['promoted'] else 'Not promoted'}**: {outcome['reason']}.",
+        "",
+        f"Commit {outcome.get('commit') or 'unknown'}; harvested batches in its data: "
+        + (
+            ", ".join(f"{b['file']} ({sum(b['rows'].values())} rows)" for b in outcome.get("harvested") or []) or "none"
+        ),
         "",
         "| metric | value |",
         "|---|---:|",
@@ -139,15 +188,21 @@ def _alert_failure(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 @flow(name="training", log_prints=True, on_failure=[_alert_failure], persist_result=True)
-def training(as_of: str | None = None, keep_as_of: bool = True) -> dict[str, Any]:
-    """Run the pipeline (DVC decides what reruns), then the gate; promote a candidate that passes."""
-    paths = ProjectPaths.here()
-    use_project_state(paths)
+def training(as_of: str | None = None, keep_as_of: bool = True, harvest: bool = True) -> dict[str, Any]:
+    """Harvest, run the pipeline (DVC decides what reruns), record it, then the gate; promote a candidate
+    that passes."""
+    project = ProjectPaths.here()
+    use_project_state(project)
+    work = worktree_task(project)
+    harvested = harvest_task(work) if harvest else None
     if not keep_as_of or as_of is not None:
-        set_as_of(paths, as_of)
+        set_as_of(work, as_of)
     for stage in STAGES:
-        stage_task(str(paths.root), stage)
-    outcome = gate_and_promote(paths)
+        stage_task(str(work.root), stage)
+    if work.root != project.root:
+        commit_task(work, as_of, harvested)
+    outcome = gate_and_promote(work, registry_root=project.root)
+    outcome["harvest"] = harvested
     create_markdown_artifact(
         report_markdown(outcome), key="training-report", description=f"candidate {outcome['version']}"
     )
@@ -155,23 +210,24 @@ def training(as_of: str | None = None, keep_as_of: bool = True) -> dict[str, Any
     if not outcome["promoted"] and not outcome["gate_passed"]:
         from monitoring.check import alert_params, deliver, queue_alert
 
-        alerts = alert_params(paths)
+        alerts = alert_params(project)
         queue_alert(
-            paths,
+            project,
             alerts,
             f"candidate {outcome['version']} rejected by the gate",
             f"The retrained candidate {outcome['version']} did not pass the gate, so production stays "
             f"{outcome['production_before']}.\n\n{outcome['gate_summary']}",
         )
-        deliver(paths, alerts)
+        deliver(project, alerts)
     return outcome
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--as-of", help="set data.as_of first (a date or date-time on the time column)")
+    parser.add_argument("--no-harvest", action="store_true", help="train without harvesting the served traffic")
     args = parser.parse_args(argv)
-    outcome = training(as_of=args.as_of, keep_as_of=args.as_of is None)
+    outcome = training(as_of=args.as_of, keep_as_of=args.as_of is None, harvest=not args.no_harvest)
     print(json.dumps({k: v for k, v in outcome.items() if k != "gate"}, indent=2, default=str))
     return 0 if outcome["promoted"] or outcome["gate_passed"] else 1
 

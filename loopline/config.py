@@ -56,10 +56,41 @@ class SplitParams(_Section):
         return self
 
 
+class WindowParams(_Section):
+    """Which history a model learns from, measured back from the newest known row on the time column."""
+
+    last_days: float | None = Field(default=None, gt=0)
+    """Keep only rows of the last N days before the newest row (all splits); null: all history."""
+    half_life_days: float | None = Field(default=None, gt=0)
+    """Weight each training row by 0.5 ** (its age in days / half_life_days) in the loss; null: equal weights."""
+
+
 class PrepareParams(_Section):
     split: SplitParams = SplitParams()
     max_invalid_share: float = Field(default=0.05, ge=0, le=1)
     """Stop the stage when more than this share of rows is invalid (they are quarantined either way)."""
+    window: WindowParams = WindowParams()
+
+
+class HarvestParams(_Section):
+    """`loopline harvest`: served records whose labels arrived become a labelled batch for `ingest`."""
+
+    unknown_label_grace_minutes: float = Field(default=10.0, ge=0)
+    """A label naming a record the request log does not hold waits this long (the log may not be written
+    yet) before it is quarantined."""
+    retention_days: float | None = Field(default=90.0, gt=0)
+    """After a harvest, request-log and label files older than this are removed; null keeps them all."""
+
+
+class RetrainParams(_Section):
+    """How an automated retraining (the training flow) is recorded in git."""
+
+    record: Literal["branch", "off"] = "branch"
+    """branch: run in a clean git worktree of the project's HEAD on `branch`, and commit the params it
+    changed, dvc.lock and the harvested batches' .dvc files there (a person's uncommitted edits are never
+    part of it); off: run in the project directory as it is (also when the project is not a git repo)."""
+    branch: str = "loopline/retrain"
+    """The branch that holds the automated retrainings' commits."""
 
 
 RECIPE_CHECKS = ("loss_at_init", "overfit_one_batch", "input_independent_baseline", "gradients")
@@ -306,6 +337,8 @@ class Params(BaseModel):
     monitor: MonitorParams = MonitorParams()
     tune: TuneParams = TuneParams()
     cv: CrossValidationParams = CrossValidationParams()
+    harvest: HarvestParams = HarvestParams()
+    retrain: RetrainParams = RetrainParams()
     gate: GateParams | None = None
     """The gate's rules. Deliberately without defaults: a missing or empty section fails the gate closed."""
 

@@ -84,6 +84,12 @@ class ProjectPaths:
         return self.prepared_dir / f"{name}.parquet"
 
     @property
+    def prepared_rows(self) -> Path:
+        """Per row of each split (in split order): where it came from (file and row; for harvested rows the
+        request, record, model version, served and label times) and its training weight."""
+        return self.prepared_dir / "rows.parquet"
+
+    @property
     def quarantine(self) -> Path:
         return self.prepared_dir / "quarantine.parquet"
 
@@ -236,6 +242,11 @@ class ProjectPaths:
     def ground_truth_dir(self) -> Path:
         """Labels posted to /feedback; $LOOPLINE_GROUND_TRUTH moves it."""
         return Settings.from_env().ground_truth or self.root / "data" / "ground_truth"
+
+    @property
+    def harvest_dir(self) -> Path:
+        """The harvest's ledger (records harvested) and its quarantined labels, kept with the labels."""
+        return self.ground_truth_dir / "_harvest"
 
     @property
     def monitoring_dir(self) -> Path:

@@ -11,6 +11,7 @@ names the record, the field and what is wrong.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
@@ -45,6 +46,34 @@ def _field_type(col: Column) -> Any:
     return kind | None if accepts_null(col) else kind
 
 
+def _iso_time(value: Any) -> datetime:
+    """An ISO 8601 date/time string as naive UTC (an offset is converted; no offset is taken as UTC), read
+    the way `prepare` reads the time column of a source."""
+    if not isinstance(value, str):
+        raise ValueError("an ISO 8601 date/time string is expected (e.g. 2012-12-31 23:00 or 2012-12-31T23:00:00Z)")
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an ISO 8601 date/time (e.g. 2012-12-31 23:00 or 2012-12-31T23:00:00Z)"
+        ) from None
+    return parsed.astimezone(timezone.utc).replace(tzinfo=None) if parsed.tzinfo is not None else parsed
+
+
+def event_time_field(schema: FeatureSchema) -> tuple[Any, Any] | None:
+    """The schema's time column as an optional field of a record: when the record's event happened. The
+    request log keeps it, and a harvested row takes it as its time (else the time it was served)."""
+    if schema.time_column is None:
+        return None
+    col = schema.column(schema.time_column)
+    if col.kind is Kind.DATETIME:
+        kind: Any = Annotated[datetime, BeforeValidator(_iso_time)]
+    else:
+        kind = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    description = f"optional: when the record's event happened ({col.description or 'the time column'})"
+    return kind | None, Field(None, description=description)
+
+
 def accepts_null(col: Column) -> bool:
     """Whether a served record may leave the column empty: nullable, and not a column whose nulls
     training dropped (the model never saw such a row)."""
@@ -58,6 +87,9 @@ def record_model(schema: FeatureSchema) -> type[BaseModel]:
         description = col.description or f"{col.kind.value} feature"
         default = None if accepts_null(col) else ...
         fields[col.name] = (annotation, Field(default, description=description))
+    event_time = event_time_field(schema)
+    if event_time is not None:
+        fields[schema.time_column] = event_time
     return create_model(f"{_identifier(schema.name)}_record", __config__=ConfigDict(extra="forbid"), **fields)
 
 

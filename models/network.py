@@ -164,12 +164,19 @@ class TabularNet(nn.Module):
             y = torch.log1p(y.clamp_min(0))
         return (y - self.target_shift) / self.target_scale
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch's mean loss; with `weight`, the weighted mean (rows count by their weight)."""
+        reduction = "mean" if weight is None else "none"
         if self.spec.task == "regression":
-            return nn.functional.mse_loss(logits.float(), self.transform_target(y))
-        if self.spec.task == "binary":
-            return nn.functional.binary_cross_entropy_with_logits(logits.float(), y.float())
-        return nn.functional.cross_entropy(logits.float(), y)
+            loss = nn.functional.mse_loss(logits.float(), self.transform_target(y), reduction=reduction)
+        elif self.spec.task == "binary":
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y.float(), reduction=reduction)
+        else:
+            loss = nn.functional.cross_entropy(logits.float(), y, reduction=reduction)
+        if weight is None:
+            return loss
+        weight = weight.float()
+        return (loss.reshape(len(weight), -1).mean(dim=1) * weight).sum() / weight.sum()
 
 
 def choose_target_transform(requested: str, task: str, stats: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -48,18 +49,30 @@ class PreparedSplits:
     schema: FeatureSchema
     stats: dict[str, Any]
     frames: dict[str, pd.DataFrame]
+    train_weights: np.ndarray | None = None
+    """Recency weights of the training rows (prepare.window.half_life_days); None: equal weights."""
 
     def batch(self, split: str) -> Batch:
         frame = self.frames[split]
         enc = encode_features(frame, self.schema)
-        return make_batch(enc.numeric, enc.categorical, encode_target(frame, self.schema))
+        weight = self.train_weights if split == "train" else None
+        return make_batch(enc.numeric, enc.categorical, encode_target(frame, self.schema), weight)
 
 
 def load_prepared(paths: ProjectPaths) -> PreparedSplits:
     schema = load_schema(paths.prepared_schema)
     stats = json.loads(paths.preprocessing_stats.read_text())
     frames = {name: pd.read_parquet(paths.split(name)) for name in ("train", "val", "test")}
-    return PreparedSplits(schema, stats, frames)
+    return PreparedSplits(schema, stats, frames, training_weights(paths))
+
+
+def training_weights(paths: ProjectPaths) -> np.ndarray | None:
+    """The training rows' weights from prepare's row record, when prepare weighted them."""
+    if not paths.prepared_rows.is_file():
+        return None
+    rows = pd.read_parquet(paths.prepared_rows, columns=["split", "weight"])
+    weights = rows.loc[rows["split"] == "train", "weight"].to_numpy(dtype=np.float32)
+    return None if np.all(weights == 1.0) else weights
 
 
 def build_model(data: PreparedSplits, params: Params) -> TabularNet:

@@ -38,23 +38,36 @@ class Batch:
     numeric: torch.Tensor
     categorical: torch.Tensor
     target: torch.Tensor
+    weight: torch.Tensor | None = None
+    """Per-row loss weights (prepare.window.half_life_days); None: every row counts the same."""
 
     def __len__(self) -> int:
         return self.target.shape[0]
 
     def take(self, index: torch.Tensor) -> "Batch":
-        return Batch(self.numeric[index], self.categorical[index], self.target[index])
+        weight = None if self.weight is None else self.weight[index]
+        return Batch(self.numeric[index], self.categorical[index], self.target[index], weight)
 
     def to(self, device: torch.device) -> "Batch":
-        if device.type == "cuda":  # pinned host memory lets the copy overlap with compute
-            return Batch(
-                *(t.pin_memory().to(device, non_blocking=True) for t in (self.numeric, self.categorical, self.target))
-            )
-        return Batch(self.numeric.to(device), self.categorical.to(device), self.target.to(device))
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            if device.type == "cuda":  # pinned host memory lets the copy overlap with compute
+                return t.pin_memory().to(device, non_blocking=True)
+            return t.to(device)
+
+        return Batch(move(self.numeric), move(self.categorical), move(self.target), move(self.weight))  # type: ignore[arg-type]
 
 
-def make_batch(numeric: np.ndarray, categorical: np.ndarray, target: np.ndarray) -> Batch:
-    return Batch(torch.from_numpy(numeric), torch.from_numpy(categorical), torch.from_numpy(target))
+def make_batch(
+    numeric: np.ndarray, categorical: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None
+) -> Batch:
+    return Batch(
+        torch.from_numpy(numeric),
+        torch.from_numpy(categorical),
+        torch.from_numpy(target),
+        None if weight is None else torch.from_numpy(np.asarray(weight, dtype=np.float32)),
+    )
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
@@ -312,7 +325,7 @@ def train_model(
             batch = train.take(index.to(device))
             with autocast(device, precision):
                 logits = step_model(batch.numeric, batch.categorical)
-            loss = model.loss(logits, batch.target)
+            loss = model.loss(logits, batch.target, batch.weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if params.grad_clip_norm is not None:

@@ -42,6 +42,27 @@ def data_version(paths: ProjectPaths) -> dict[str, Any]:
     return {"dvc_lock_sha256": sha256_file(lock_file), "outs": outs}
 
 
+def harvested_batches(paths: ProjectPaths) -> list[dict[str, Any]]:
+    """The harvested batches the model's splits hold: file, rows per split, served-time range."""
+    if not paths.prepared_rows.is_file():
+        return []
+    import pandas as pd
+
+    rows = pd.read_parquet(paths.prepared_rows)
+    if "_request_id" not in rows.columns:
+        return []
+    harvested = rows[rows["_request_id"].notna()]
+    return [
+        {
+            "file": str(file),
+            "rows": {str(k): int(v) for k, v in part["split"].value_counts().items()},
+            "served_from": str(pd.to_datetime(part["_served_at"]).min()),
+            "served_to": str(pd.to_datetime(part["_served_at"]).max()),
+        }
+        for file, part in harvested.groupby("_source_file", sort=True)
+    ]
+
+
 def package_versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -62,6 +83,7 @@ def lineage(paths: ProjectPaths, schema: FeatureSchema, evidence: dict[str, Any]
         "task": schema.task.value,
         "target": schema.target,
         "data": data_version(paths),
+        "harvested": harvested_batches(paths),
         "params": params,
         "seed": params.get("seed"),
         "git": {"commit": _git(paths.root, "rev-parse", "HEAD"), "dirty": bool(dirty) if dirty is not None else None},
@@ -88,6 +110,15 @@ def split_method(meta: dict[str, Any]) -> str:
     return (((meta.get("params") or {}).get("prepare") or {}).get("split") or {}).get("method") or SplitParams().method
 
 
+def _harvested_line(batches: list[dict[str, Any]]) -> str:
+    if not batches:
+        return "none"
+    train = sum(b["rows"].get("train", 0) for b in batches)
+    total = sum(sum(b["rows"].values()) for b in batches)
+    served = f"served {min(b['served_from'] for b in batches)} to {max(b['served_to'] for b in batches)}"
+    return f"{total} rows from {len(batches)} batch(es), {train} of them in training ({served})"
+
+
 def model_card(version_id: str, meta: dict[str, Any], schema: FeatureSchema) -> str:
     m = meta["metrics"]
     names = [k for k in m["model"]]
@@ -110,6 +141,7 @@ def model_card(version_id: str, meta: dict[str, Any], schema: FeatureSchema) -> 
 - **Gate**: {"passed" if gate["passed"] else "FAILED"} ({len(gate["rules"]) - len(failed)} of {len(gate["rules"])} rules){"; champion " + gate["champion"] if gate["champion"] else "; first model, no champion"}
 - **Code**: git {git["commit"] or "unknown"}{" (uncommitted changes)" if git["dirty"] else ""}
 - **Data**: {", ".join(f"{k} {v}" for k, v in meta["data"].get("outs", {}).items()) or "no dvc.lock"}
+- **Harvested traffic**: {_harvested_line(meta.get("harvested") or [])}
 - **Seed**: {meta["seed"]}; skipped recipe checks: {meta["skipped_checks"] or "none"}
 
 ## Intended use

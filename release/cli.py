@@ -2,6 +2,7 @@
 
     loopline train [--as-of DATE]     the training flow: the DVC stages, the gate, promotion, emails
     loopline monitor [--hours H]      the monitoring flow: check the served traffic, alert, retrain
+    loopline harvest                  labelled served records become a DVC-tracked batch for ingest
     loopline tune [--trials N]        hyperparameter search (tune: in params.yaml); writes tuned.yaml
     loopline cv                       cross-validation of the training settings (cv: in params.yaml)
     loopline serve [--port P]         the HTTP service over the production model, on 127.0.0.1
@@ -127,6 +128,7 @@ def cmd_verify(args: argparse.Namespace, paths: ProjectPaths) -> int:
 JOBS = {
     "train": (["-m", "flows.training"], "the training flow: the DVC stages, the gate, promotion, emails"),
     "monitor": (["-m", "flows.monitor"], "the monitoring flow: check the served traffic, alert, retrain"),
+    "harvest": (["-m", "dataprep.harvest"], "labelled served records become a DVC-tracked batch for ingest"),
     "tune": (["-m", "models.tune"], "hyperparameter search (tune: in params.yaml); writes tuned.yaml"),
     "cv": (["-m", "models.crossval"], "cross-validation of the training settings (cv: in params.yaml)"),
     "serve": (

@@ -5,8 +5,9 @@ them and writes one Parquet file per window, decoded as one table when `flush_se
 the window opened or `flush_rows` rows are waiting, under
 `<directory>/date=YYYY-MM-DD/part-<time>-<pid>-<n>.parquet`; each file is written under a temporary name
 and renamed, so a reader never sees half a file. Columns: request_id, record (its index in the request),
-served_at (UTC), model_version, every feature as the model saw it (numbers as float32), prediction, and
-for classification `proba_<class>`.
+served_at (UTC), model_version, every feature as the model saw it (numbers as float32), the schema's
+time column when the schema has one (the event time a record sent, else null), prediction, and for
+classification `proba_<class>`.
 
 Durability: a crash loses at most the rows of the open window (`flush_seconds`, 5 s by default); a clean
 shutdown (`close()`) writes everything. Several worker processes write side by side (the pid is in
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from loopline.features import EncodedFeatures, prediction_columns
-from loopline.schema import FeatureSchema
+from loopline.schema import FeatureSchema, Kind
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -117,8 +118,16 @@ class RequestLog(ParquetWindows):
         self.schema = schema
         super().__init__(directory, flush_seconds, flush_rows)
 
-    def record(self, request_id: str, model_version: str, features: EncodedFeatures, outputs: np.ndarray) -> None:
-        """Queue one request's encoded records and the model's outputs for them (no I/O, no copying)."""
+    def record(
+        self,
+        request_id: str,
+        model_version: str,
+        features: EncodedFeatures,
+        outputs: np.ndarray,
+        event_times: list[Any] | None = None,
+    ) -> None:
+        """Queue one request's encoded records, the model's outputs for them and the records' event times
+        (the schema's time column, None where a record did not send it); no I/O, no copying."""
         self.put(
             (
                 request_id,
@@ -126,6 +135,7 @@ class RequestLog(ParquetWindows):
                 np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us"),
                 features,
                 outputs,
+                event_times,
             )
         )
 
@@ -152,6 +162,14 @@ class RequestLog(ParquetWindows):
                 else pd.Categorical.from_codes(
                     categorical[:, categorical_at[col.name]], categories=list(col.categories)
                 )
+            )
+        time_column = self.schema.time_column
+        if time_column is not None:  # the records' event times, null where a record sent none
+            times = [t for item in items for t in (item[5] or [None] * len(item[3]))]
+            columns[time_column] = (
+                pd.to_datetime(pd.Series(times, dtype=object), errors="coerce").to_numpy(dtype="datetime64[us]")
+                if self.schema.column(time_column).kind is Kind.DATETIME
+                else np.array([np.nan if t is None else float(t) for t in times], dtype=np.float64)
             )
         columns.update(prediction_columns(np.concatenate([item[4] for item in items]), self.schema))
         if self.schema.task.is_classification:

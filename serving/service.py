@@ -246,7 +246,9 @@ class Predictor:
         features = served.encode([record.__dict__ for record in records])  # validated values; absent = None
         outputs = run_encoded(served.session, features)
         if self.request_log is not None:
-            self.request_log.record(request_id, served.version, features, outputs)
+            time_column = served.schema.time_column
+            event_times = [getattr(record, time_column) for record in records] if time_column else None
+            self.request_log.record(request_id, served.version, features, outputs, event_times)
             self.recent_ids.add(request_id)
         body = {"model_version": served.version, "request_id": request_id, **decode_predictions(outputs, served.schema)}
         return Response(orjson.dumps(body), media_type="application/json")  # type: ignore[return-value]

@@ -26,7 +26,12 @@ def loop_project(tmp_path_factory) -> Project:
     """A bike project trained on the first half of 2011 and promoted. Slices under 100 test rows are
     reported, not judged (the 48 holiday hours of a two-month test split are too few to gate on)."""
     project = new_project(tmp_path_factory.mktemp("loop"))
-    project.set_params(data={"as_of": "2011-06-30"}, train=FAST_TRAIN, evaluate={"min_slice_rows": 100})
+    project.set_params(
+        data={"as_of": "2011-06-30"},
+        train=FAST_TRAIN,
+        evaluate={"min_slice_rows": 100},
+        retrain={"record": "off"},  # these tests retrain in place; the harvest test records on a branch
+    )
     project.commit("train on the first half of 2011")
     project.dvc("repro")
     project.loopline("promote")
@@ -265,3 +270,88 @@ def test_a_failed_training_run_is_emailed_and_leaves_production_and_the_last_out
     assert "training run" in mail["Subject"] and "failed" in mail["Subject"]
     assert "batch_size" in text_of(mail) and "production model is unchanged" in text_of(mail)
     assert production(project) == before and project.path("artifacts/model/model.pt").read_bytes() == model
+
+
+def replayed(rows: pd.DataFrame, features: list[str]) -> list[dict]:
+    return json.loads(rows[[*features, "timestamp"]].to_json(orient="records", date_format="iso"))
+
+
+def test_served_and_labelled_records_become_a_recorded_training_batch_and_a_clean_commit(
+    loop_project: Project,
+) -> None:
+    """Through bentoml serve: labelled records reach the training data with their provenance, unlabelled
+    and unknown ones do not, a repeated label counts once (the latest), a second harvest adds nothing,
+    and the retraining is a commit on loopline/retrain that leaves a person's uncommitted edit alone."""
+    from dataprep.sources import load_bike
+    from flows.demo import seed_initial_data
+    from loopline.schema import load_schema
+
+    project = loop_project
+    served_by = production(project)
+    seed_initial_data(project.root, "2011-06-30")  # the source: what was known; later rows come as traffic
+    project.set_params(
+        retrain={"record": "branch"},
+        harvest={"unknown_label_grace_minutes": 0},
+        prepare={"split": {"method": "time", "val_fraction": 0.05, "test_fraction": 0.05}},
+    )
+    project.commit("the bundled rows to 2011-06-30 as the source; record retrainings on a branch")
+    features = [c.name for c in load_schema(project.path("schemas/bike.yaml")).features]
+    served = load_bike().query("timestamp >= '2011-07-04' and timestamp < '2011-08-01'").sort_values("timestamp")
+    days = [day for _, day in served.groupby(served["timestamp"].dt.date)]  # 28 days, one request each
+    with serving(project, LOOPLINE_REQUEST_LOG_FLUSH_SECONDS="0.2") as server:
+        for i, day in enumerate(days):
+            status, body, _ = server.post(
+                "/predict", {"records": replayed(day, features)}, {"x-request-id": f"day-{i}"}
+            )
+            assert status == 200, body
+        time.sleep(1.0)
+        for i, day in enumerate(days[:-1]):  # the last day's labels have not arrived
+            labels = [{"request_id": f"day-{i}", "record": r, "value": int(v)} for r, v in enumerate(day["cnt"])]
+            assert server.post("/feedback", {"labels": labels})[0] == 200
+        status, body, _ = server.post(
+            "/feedback",
+            {"labels": [{"request_id": "day-1", "record": 0, "value": 7}, {"request_id": "ghost", "value": 3}]},
+        )  # day-1's first record labelled again (the later label wins), and a label for no served request
+        assert status == 200 and body["unmatched_request_ids"] == ["ghost"]
+        time.sleep(1.0)
+
+    edited = project.path("params.yaml").read_text().replace("seed: 42", "seed: 7  # a person's experiment")
+    project.path("params.yaml").write_text(edited)
+    try:
+        run = project.run(sys.executable, "-m", "flows.training", check=False)  # exit 1: the gate said no
+        assert run.returncode in (0, 1) and '"harvested"' in run.stdout, run.output[-3000:]
+        assert project.path("params.yaml").read_text() == edited  # neither lost ...
+    finally:
+        project.git("checkout", "--", "params.yaml")
+    worktree = project.path(".state/retrain/worktree")
+    assert "seed: 7" not in project.git("show", "loopline/retrain:params.yaml").stdout  # ... nor committed
+
+    rows = pd.read_parquet(worktree / "data/prepared/rows.parquet")
+    harvested = rows[rows["_request_id"].notna()]
+    labelled = {f"day-{i}" for i in range(len(days) - 1)}
+    assert set(harvested["_request_id"]) == labelled  # not the unlabelled last day, not the ghost
+    assert len(harvested) == sum(len(d) for d in days[:-1]) and set(harvested["_model_version"]) == {served_by}
+    assert set(harvested["split"]) == {"train", "val", "test"}  # the oldest harvested rows train
+    [batch_file] = sorted(worktree.glob("data/external/batches/harvest-*.parquet"))
+    batch = pd.read_parquet(batch_file)
+    assert batch.loc[(batch["_request_id"] == "day-1") & (batch["_record"] == 0), "cnt"].tolist() == [7]
+    assert batch["timestamp"].min() == days[0]["timestamp"].min()  # the event time, not the serving time
+    train = pd.read_parquet(worktree / "data/prepared/train.parquet")
+    assert train["timestamp"].max() > pd.Timestamp("2011-07-01")  # harvested traffic is training data
+
+    commit = project.git("rev-parse", "loopline/retrain").stdout.strip()
+    changed = project.git("show", "--name-only", "--format=%s", commit).stdout
+    assert changed.startswith("Retraining: ") and f"data/external/batches/{batch_file.name}.dvc" in changed
+    assert "dvc.lock" in changed
+    from loopline.registry import METADATA_FILE
+
+    versions = project.path("registry/versions").glob(f"*/{METADATA_FILE}")
+    lineage = json.loads(sorted(versions, key=lambda p: p.stat().st_mtime)[-1].read_text())
+    assert lineage["git"] == {"commit": commit, "dirty": False}
+    [entry] = lineage["harvested"]
+    assert entry["file"] == f"data/external/batches/{batch_file.name}" and sum(entry["rows"].values()) == len(batch)
+
+    quarantined = pd.concat(pd.read_parquet(f) for f in project.path("data/ground_truth/_harvest").glob("quar*"))
+    assert quarantined["request_id"].tolist() == ["ghost"]
+    again = project.run(sys.executable, "-m", "dataprep.harvest", "--json")
+    assert json.loads(again.stdout)["rows"] == 0  # a second harvest adds nothing

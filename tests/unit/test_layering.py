@@ -12,6 +12,7 @@ TORCH_FREE = [
     "release.store",
     "monitoring.check",
     "flows.training",
+    "dataprep.harvest",
     "flows.monitor",
     "flows.demo",
     "serving.service",

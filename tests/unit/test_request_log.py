@@ -47,6 +47,7 @@ def test_records_from_many_threads_all_reach_parquet_files_and_close_flushes_the
         "served_at",
         "model_version",
         *[c.name for c in ACS.features],
+        ACS.time_column,  # the records' event times: none sent here, so null
         "prediction",
         *[f"proba_{c}" for c in classes],
     ]
@@ -56,4 +57,5 @@ def test_records_from_many_threads_all_reach_parquet_files_and_close_flushes_the
     assert first["prediction"].tolist() == [ACS.classes[1], ACS.classes[0]]
     assert first[f"proba_{classes[1]}"].tolist() == [0.8, 0.1]
     assert str(frame["served_at"].dtype) == "datetime64[us, UTC]"
+    assert frame[ACS.time_column].isna().all()
     assert not list(tmp_path.rglob(".*.tmp"))

@@ -101,7 +101,7 @@ def test_a_bad_request_body_is_refused_with_what_is_wrong(body, field, problem) 
 def test_the_model_follows_each_schema() -> None:
     acs = request_model(ACS, max_records=10)
     record = acs.model_json_schema()["$defs"][f"{ACS.name}_record"]
-    assert set(record["properties"]) == {c.name for c in ACS.features}
+    assert set(record["properties"]) == {c.name for c in ACS.features} | {ACS.time_column}  # the event time
     assert record["additionalProperties"] is False
     assert set(record["required"]) == {c.name for c in ACS.features if not c.nullable}
 
@@ -195,3 +195,21 @@ def test_a_column_whose_nulls_training_dropped_takes_no_null_at_serving() -> Non
     with pytest.raises(ValidationError):
         dropping.model_validate({"records": [{k: v for k, v in GOOD.items() if k != "weathersit"}]})
     assert Request.model_validate({"records": [{**GOOD, "weathersit": None}]})  # keep: null is the model's own slot
+
+
+@pytest.mark.parametrize(
+    ("sent", "read"),
+    [
+        ("2012-07-01 08:00", "2012-07-01 08:00:00"),
+        ("2012-07-01T10:00:00+02:00", "2012-07-01 08:00:00"),  # to UTC, like the source's times
+        ("2012-07-01T08:00:00Z", "2012-07-01 08:00:00"),
+    ],
+)
+def test_a_record_may_carry_its_event_time_in_iso_8601(sent: str, read: str) -> None:
+    record = Request.model_validate({"records": [{**GOOD, "timestamp": sent}, GOOD]}).records
+    assert str(record[0].timestamp) == read and record[1].timestamp is None
+
+
+def test_an_event_time_that_is_not_iso_8601_names_the_field() -> None:
+    [problem] = problems({"records": [{**GOOD, "timestamp": "07/01/2012"}]})
+    assert problem["field"] == "records[0].timestamp" and "not an ISO 8601 date/time" in problem["problem"]
