@@ -277,11 +277,16 @@ def raw_rows(joined: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
         elif col.name == schema.group_column:  # not an input: the records of one request form a group
             out[col.name] = joined["request_id"].to_numpy()
         elif col.kind is Kind.NUMERIC:
-            # float32 as logged, back to the shortest decimal that reads as it (0.24, not 0.23999999)
-            values = joined[col.name].to_numpy(dtype=np.float32, na_value=np.nan)
-            out[col.name] = values.astype(str).astype(np.float64)
+            out[col.name] = float32_as_decimal(joined[col.name].to_numpy(dtype=np.float64, na_value=np.nan))
         else:
-            out[col.name] = joined[col.name].astype(object).where(joined[col.name].notna(), None).to_numpy()
+            values = pd.Categorical(joined[col.name])  # dictionary-encoded: cheap to validate and to store
+            if all(isinstance(c, int) for c in col.categories):
+                numbers = np.asarray(values.astype("float64"))
+                out[col.name] = (
+                    pd.array(numbers, dtype="Int64") if np.isnan(numbers).any() else numbers.astype(np.int64)
+                )
+            else:
+                out[col.name] = values
     out["_request_id"] = joined["request_id"].to_numpy()
     out["_record"] = joined["record"].to_numpy(dtype=np.int64)
     out["_model_version"] = joined["model_version"].astype(str).to_numpy()
@@ -289,6 +294,16 @@ def raw_rows(joined: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     out["_label_received_at"] = pd.to_datetime(joined["received_at"], utc=True).dt.tz_localize(None).to_numpy()
     frame = pd.DataFrame(out)
     return frame.sort_values(["_served_at", "_request_id", "_record"], kind="mergesort").reset_index(drop=True)
+
+
+def float32_as_decimal(values: np.ndarray) -> np.ndarray:
+    """Logged float32 values as the decimal they stood for: rounded to float32's 7 significant digits
+    (27.3, not 27.299999237060547)."""
+    finite = np.isfinite(values) & (values != 0)
+    digits = np.zeros(len(values))
+    digits[finite] = 6 - np.floor(np.log10(np.abs(values[finite])))
+    scale = np.power(10.0, digits)
+    return np.where(finite, np.round(values * scale) / scale, values)
 
 
 def _event_times(joined: pd.DataFrame, name: str, kind: Kind, served_at: pd.Series) -> np.ndarray:

@@ -19,8 +19,6 @@ from loopline.errors import LooplineError
 from loopline.paths import ProjectPaths
 
 AUTHOR = {"user.name": "Loopline", "user.email": "loopline@localhost"}
-NEW_FILES = ("data/external/batches",)
-"""Where a run adds files git should keep (the harvested batches' .dvc files and .gitignore)."""
 
 
 class GitRecordError(LooplineError):
@@ -98,12 +96,11 @@ def _contains(where: Path, commit: str) -> bool:
 
 
 def commit_run(work: ProjectPaths, message: str) -> str:
-    """Commit what the run changed (the worktree holds nothing else: params.yaml, dvc.lock, the metrics
-    and plots DVC leaves to git) and the new batches' .dvc files; the commit (HEAD when nothing changed)."""
-    git(work.root, "add", "--update")
-    present = [p for p in NEW_FILES if (work.root / p).exists()]
-    if present:
-        git(work.root, "add", "--", *present)
+    """Commit everything the run changed or added that git does not ignore (the worktree holds nothing
+    else): params.yaml, dvc.lock, the batches' .dvc files, the .gitignore entries and the metrics and plots
+    DVC leaves to git. The commit (HEAD when nothing changed)."""
+    git(work.root, "add", "--all")
+    git(work.root, "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", ".state")  # tool state, never
     if git(work.root, "diff", "--cached", "--name-only"):
         git(work.root, *_identity(work.root), "commit", "-q", "-m", message)
     return git(work.root, "rev-parse", "HEAD")

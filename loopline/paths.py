@@ -32,6 +32,7 @@ PROJECT_FILES = (
     "tools",
     "bentofile.yaml",
     ".dvcignore",
+    ".gitignore",
     "data/external",
 )
 """What a copy of the project needs to run its pipeline, service and flows elsewhere (the demo's scratch

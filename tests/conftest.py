@@ -25,7 +25,7 @@ import yaml
 from loopline import paths
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = [*paths.PROJECT_FILES, ".gitignore"]  # a git repository besides
+PROJECT_FILES = list(paths.PROJECT_FILES)
 
 
 # tests/unit: pure functions, no subprocess, no server (`make test-fast`, well under a minute);
