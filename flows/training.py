@@ -82,14 +82,16 @@ def set_as_of(paths: ProjectPaths, as_of: str | None) -> None:
         update_params_file(paths.params, {"data.as_of": as_of})
 
 
-def gate_and_promote(paths: ProjectPaths, registry_root: Path | None = None) -> dict[str, Any]:
+def gate_and_promote(
+    paths: ProjectPaths, registry_root: Path | None = None, recorded: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Register the candidate built under `paths` in the project's registry (`registry_root`, default the
-    same project); promote it if the gate passed. Never forces."""
+    same project) with its git record; promote it if the gate passed. Never forces."""
     from loopline.registry import Registry
     from release.promote import PromotionRefused, promote, register_candidate
 
     registry = Registry.for_project(registry_root or paths.root)
-    version, report, _ = register_candidate(paths, registry)
+    version, report, _ = register_candidate(paths, registry, recorded)
     outcome: dict[str, Any] = {
         "version": version.id,
         "gate_passed": report.passed,
@@ -136,14 +138,22 @@ def harvest_task(work: ProjectPaths) -> dict[str, Any]:
     return run_harvest(work).to_dict()
 
 
-@task(task_run_name="commit the run")
-def commit_task(work: ProjectPaths, as_of: str | None, harvested: dict[str, Any] | None) -> str:
-    from loopline.gitrecord import commit_run
+@task(task_run_name="record the run in git")
+def record_task(work: ProjectPaths, as_of: str | None, harvested: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A commit on retrain.branch, or a DVC experiment: the git record the candidate's lineage names."""
+    from datetime import datetime, timezone
 
+    from loopline.config import load_params
+    from loopline.gitrecord import commit_run, save_experiment
+
+    if load_params(work.params).retrain.record == "experiment":
+        name = f"retrain-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        return {"commit": save_experiment(work, name), "dirty": False, "experiment": name}
     what = [f"{harvested['rows']} harvested rows in {harvested['batch']}"] if harvested and harvested["batch"] else []
     if as_of is not None:
         what.append(f"data.as_of {as_of}")
-    return commit_run(work, "Retraining: " + ("; ".join(what) or "the pipeline rerun on the recorded data"))
+    commit_run(work, "Retraining: " + ("; ".join(what) or "the pipeline rerun on the recorded data"))
+    return None  # the lineage reads the new HEAD itself
 
 
 def report_markdown(outcome: dict[str, Any]) -> str:
@@ -199,9 +209,8 @@ def training(as_of: str | None = None, keep_as_of: bool = True, harvest: bool = 
         set_as_of(work, as_of)
     for stage in STAGES:
         stage_task(str(work.root), stage)
-    if work.root != project.root:
-        commit_task(work, as_of, harvested)
-    outcome = gate_and_promote(work, registry_root=project.root)
+    recorded = record_task(work, as_of, harvested) if work.root != project.root else None
+    outcome = gate_and_promote(work, registry_root=project.root, recorded=recorded)
     outcome["harvest"] = harvested
     create_markdown_artifact(
         report_markdown(outcome), key="training-report", description=f"candidate {outcome['version']}"

@@ -85,10 +85,12 @@ class HarvestParams(_Section):
 class RetrainParams(_Section):
     """How an automated retraining (the training flow) is recorded in git."""
 
-    record: Literal["branch", "off"] = "branch"
+    record: Literal["branch", "experiment", "off"] = "branch"
     """branch: run in a clean git worktree of the project's HEAD on `branch`, and commit the params it
     changed, dvc.lock and the harvested batches' .dvc files there (a person's uncommitted edits are never
-    part of it); off: run in the project directory as it is (also when the project is not a git repo)."""
+    part of it); experiment: the same worktree, each run saved as a DVC experiment (`dvc exp show`)
+    instead of a commit on the branch; off: run in the project directory as it is (also when the project
+    is not a git repo)."""
     branch: str = "loopline/retrain"
     """The branch that holds the automated retrainings' commits."""
 

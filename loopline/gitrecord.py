@@ -5,7 +5,9 @@ opens a git worktree under .state/retrain/worktree on `retrain.branch`, brought 
 (merged when the person committed since), points it at the project's DVC cache, runs the stages there and
 commits what the run changed: params.yaml (a new `data.as_of`), dvc.lock, the metrics DVC leaves to git,
 and the harvested batches' .dvc files. The model's lineage then names a clean commit, `git log <branch>` reads as the model's
-history, and a person's uncommitted edits are neither used, committed nor touched.
+history, and a person's uncommitted edits are neither used, committed nor touched. With
+`retrain.record: experiment` each run is saved as a DVC experiment on top of the branch instead
+(`dvc exp show`, `dvc exp apply <name>`), and the branch does not move.
 """
 
 from __future__ import annotations
@@ -104,3 +106,20 @@ def commit_run(work: ProjectPaths, message: str) -> str:
     if git(work.root, "diff", "--cached", "--name-only"):
         git(work.root, *_identity(work.root), "commit", "-q", "-m", message)
     return git(work.root, "rev-parse", "HEAD")
+
+
+def save_experiment(work: ProjectPaths, name: str) -> str:
+    """Save the run as the DVC experiment `name` (a commit under refs/exps whose parent is the worktree's
+    HEAD; the worktree keeps its state, so harvested batches accumulate from run to run); its commit."""
+    untracked = [
+        f
+        for f in git(work.root, "ls-files", "--others", "--exclude-standard").splitlines()
+        if f and not f.startswith(".state/")
+    ]
+    include = [arg for f in untracked for arg in ("--include-untracked", f)]
+    _dvc(work.root, "exp", "save", "--force", "--name", name, *include)
+    refs = git(work.root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps").splitlines()
+    found = [line.split()[0] for line in refs if line.endswith(f"/{name}")]
+    if not found:
+        raise GitRecordError(f"dvc exp save -n {name} left no experiment ref in {work.root}")
+    return found[0]

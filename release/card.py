@@ -73,7 +73,13 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def lineage(paths: ProjectPaths, schema: FeatureSchema, evidence: dict[str, Any], report: GateReport) -> dict[str, Any]:
+def lineage(
+    paths: ProjectPaths,
+    schema: FeatureSchema,
+    evidence: dict[str, Any],
+    report: GateReport,
+    recorded: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The version record: data, params, seed, code, packages, the pipeline's evidence and the verdict.
     `evidence`: metrics, slices, training (training.json) and parity, as the pipeline left them."""
     params = yaml.safe_load(paths.params.read_text()) or {}
@@ -86,7 +92,9 @@ def lineage(paths: ProjectPaths, schema: FeatureSchema, evidence: dict[str, Any]
         "harvested": harvested_batches(paths),
         "params": params,
         "seed": params.get("seed"),
-        "git": {"commit": _git(paths.root, "rev-parse", "HEAD"), "dirty": bool(dirty) if dirty is not None else None},
+        # `recorded`: the commit a retraining was saved as when it is not HEAD (a DVC experiment's)
+        "git": recorded
+        or {"commit": _git(paths.root, "rev-parse", "HEAD"), "dirty": bool(dirty) if dirty is not None else None},
         "packages": package_versions(),
         "metrics": evidence["metrics"],
         "slices": evidence["slices"],

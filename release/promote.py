@@ -154,7 +154,11 @@ def gather_evidence(
 
 
 # ------------------------------------------------------------------------------ register, promote
-def register_candidate(paths: ProjectPaths, registry: Registry) -> tuple[Version, GateReport, bool]:
+def register_candidate(
+    paths: ProjectPaths, registry: Registry, recorded: dict[str, Any] | None = None
+) -> tuple[Version, GateReport, bool]:
+    """Store the candidate under `paths` as a version with its lineage (`recorded`: the git record of a
+    retraining saved as a DVC experiment) and its gate verdict."""
     params = load_params(paths.params)
     cand = load_candidate(paths)
     sha = sha256_file(cand.onnx_file)
@@ -175,6 +179,7 @@ def register_candidate(paths: ProjectPaths, registry: Registry) -> tuple[Version
         cand.schema,
         {"metrics": cand.metrics, "slices": cand.slices, "training": cand.training, "parity": cand.parity},
         report,
+        recorded,
     )
     staging = paths.state_dir / "registry-staging"
     staging.mkdir(parents=True, exist_ok=True)
