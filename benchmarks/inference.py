@@ -44,14 +44,14 @@ def main() -> None:
 
     from loopline.features import encode_features
     from loopline.paths import ProjectPaths
-    from models.export import OUTPUT_NAME, onnx_session
-    from models.inference import load_model
+    from models.export import OUTPUT_NAME, load_exported
+    from models.torch_predict import load_model
 
     paths = ProjectPaths(REPO)
     model, schema = load_model(paths.model_dir)
     device = torch.device(args.device)
     model.to(device)
-    session = onnx_session(paths.onnx_file, args.device)
+    session = load_exported(paths.onnx_file, args.device)
     test = pd.read_parquet(paths.split("test"))
     enc = encode_features(pd.concat([test] * (1 + 1024 // len(test))).head(1024), schema)
     rows = []

@@ -1,7 +1,7 @@
 """Benchmark the search: TPE against random sampling at the same budget, and an ensemble's gain and cost.
 
 For each dataset and seed, both samplers run N trials of params.yaml's search space with the same
-trial recipe (models.tune.Objective: same data, epochs, early stopping; pruning off so both spend the
+trial recipe (tuning.search.Objective: same data, epochs, early stopping; pruning off so both spend the
 whole budget) in one process. Reported: the best validation loss after N/2 and N trials and the best
 trial's validation metric, as mean and spread over the seeds, and in how many seeds TPE beat random.
 
@@ -55,7 +55,7 @@ def search(project: Path, data, sampler: str, seed: int, trials: int, epochs: in
 
     from loopline.config import load_params, with_overrides
     from loopline.paths import ProjectPaths
-    from models.tune import Objective, make_pruner, make_sampler
+    from tuning.search import Objective, make_pruner, make_sampler
 
     paths = ProjectPaths(project)
     params = with_overrides(
@@ -82,9 +82,9 @@ def ensemble_figures(data, params, study, top_k: int, workdir: Path) -> dict:
     from loopline.config import with_overrides
     from loopline.features import encode_features, encode_target
     from loopline.metrics import primary_metric, task_metrics
-    from models.export import export_onnx, onnx_session
-    from models.inference import predict
+    from models.export import export_onnx, load_exported
     from models.network import EnsembleNet
+    from models.torch_predict import predict
     from models.train import fit
 
     done = sorted((t for t in study.trials if t.value is not None), key=lambda t: t.value)[:top_k]
@@ -110,7 +110,7 @@ def ensemble_figures(data, params, study, top_k: int, workdir: Path) -> dict:
         path = workdir / f"{name.replace(' ', '-')}.onnx"
         n_num, n_cat = len(data.schema.numeric_features), len(data.schema.categorical_features)
         export_onnx(model, path, n_num, n_cat)
-        session = onnx_session(path)
+        session = load_exported(path)
         check = runtime.predict_frame(session, test.head(256), data.schema)
         assert np.allclose(check, predict(model, test.head(256), data.schema), rtol=1e-4, atol=1e-4)
         out[name] = {
@@ -137,7 +137,7 @@ def main() -> None:
     import optuna
     from train_throughput import prepared_project
 
-    from models.tune import quiet_training_logs
+    from tuning.search import quiet_training_logs
 
     logging.basicConfig(level=logging.WARNING)
     quiet_training_logs()

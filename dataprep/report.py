@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopline.schema import FeatureSchema, Kind
+from loopline.schema import FeatureSchema, Kind, Task
 
 EXAMPLES = 20
 TOP_CATEGORIES = 12
@@ -307,7 +307,7 @@ def _histogram(counts: list[int]) -> str:
 
 
 def _target_table(by_split: dict[str, Any], task: str) -> str:
-    if task == "regression":
+    if task == Task.REGRESSION:
         heads = ["split", "mean", "std", "median", "min", "max", "skew"]
         rows = [[name] + [s[k] for k in heads[1:]] for name, s in by_split.items()]
         return _table(heads, rows)

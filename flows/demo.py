@@ -167,24 +167,101 @@ def start_service(project: Path, log: Path) -> tuple[subprocess.Popen, Client]:
     return process, client
 
 
-def replay(args: argparse.Namespace) -> dict[str, Any]:
-    from dataprep.sources import load_bike
-    from loopline.schema import load_schema
-
+def enter_scratch_project(args: argparse.Namespace) -> Path:
+    """Make the scratch project and point this process (flows, DVC, Prefect, BentoML state) at it."""
     project = scratch_project(WORKSPACE / ".state" / "demo" / "project", args.train_until, args.cooldown_days * 24)
     os.environ["LOOPLINE_ROOT"] = str(project)
-    os.environ.pop("LOOPLINE_REQUEST_LOG", None)
-    os.environ.pop("LOOPLINE_GROUND_TRUTH", None)
-    os.environ.pop("LOOPLINE_OUTBOX", None)
+    for variable in (
+        "LOOPLINE_REQUEST_LOG",
+        "LOOPLINE_GROUND_TRUTH",
+        "LOOPLINE_OUTBOX",
+        "PREFECT_HOME",
+        "BENTOML_HOME",
+        "DVC_SITE_CACHE_DIR",
+    ):
+        os.environ.pop(variable, None)
     os.chdir(project)
     from loopline.env import use_project_state
     from loopline.paths import ProjectPaths
 
-    paths = ProjectPaths(project)
-    for variable in ("PREFECT_HOME", "BENTOML_HOME", "DVC_SITE_CACHE_DIR"):
-        os.environ.pop(variable, None)
-    use_project_state(paths)
+    use_project_state(ProjectPaths(project))
+    return project
+
+
+@dataclass
+class LabelQueue:
+    """Each served day's true counts, posted to /feedback `delay_days` later (in replayed time)."""
+
+    client: Client
+    delay_days: int
+    due: list[tuple[pd.Timestamp, str, list[int]]] = field(default_factory=list)
+
+    def add(self, day: Any, request_id: str, truth: list[int]) -> None:
+        self.due.append((pd.Timestamp(day) + pd.Timedelta(days=self.delay_days), request_id, truth))
+
+    def post_arrived(self, now: pd.Timestamp) -> None:
+        while self.due and self.due[0][0] <= now:
+            _, request_id, truth = self.due.pop(0)
+            labels = [{"request_id": request_id, "record": i, "value": v} for i, v in enumerate(truth)]
+            self.client.call("/feedback", {"labels": labels})
+
+
+def serve_week(client: Client, week: Week, rows: pd.DataFrame, features: list[str], labels: LabelQueue) -> pd.DataFrame:
+    """The week's rows as requests, a day per request, each record with its event time (which the
+    harvest gives the training row); the labels that arrive by each day's end are posted."""
+    served = []
+    for day, day_rows in rows.groupby(rows["timestamp"].dt.date):
+        request_id = f"day-{day}"
+        records = json.loads(day_rows[[*features, "timestamp"]].to_json(orient="records", date_format="iso"))
+        status, body = client.call("/predict", {"records": records}, {"x-request-id": request_id})
+        if status != 200:
+            raise RuntimeError(f"replay of {day}: HTTP {status}: {body}")
+        served.append(day_rows.assign(prediction=body["predictions"], served_by=body["model_version"], week=week.index))
+        week.served_versions.add(body["model_version"])
+        labels.add(day, request_id, day_rows["cnt"].astype(int).tolist())
+        labels.post_arrived(pd.Timestamp(day) + pd.Timedelta(days=1))
+    return pd.concat(served)
+
+
+def check_week(client: Client, week: Week, window: tuple[datetime, datetime], onset: float) -> dict[str, Any] | None:
+    """The monitoring flow on the week's traffic (its end in replayed time); what it did goes into
+    `week`. Returns the timing of a promotion (first request of the week to the new model answering)."""
     from flows.monitor import monitoring
+
+    sim_end = week.start + pd.Timedelta(days=7)
+    outcome = monitoring(
+        start=window[0],
+        end=window[1],
+        now=sim_end.tz_localize("UTC").to_pydatetime(),
+        retrain_as_of=None,  # retraining learns from the harvested traffic, not the bundled file's future
+    )
+    week.verdict = outcome["verdict"]
+    if outcome["alerted"]:
+        week.events.append("alert")
+    trained = outcome.get("training")
+    if not trained:
+        return None
+    harvested = trained.get("harvested") or []
+    week.harvested_train_rows = sum(b["rows"].get("train", 0) for b in harvested)
+    week.harvested_rows = sum(sum(b["rows"].values()) for b in harvested)
+    if not trained.get("promoted"):
+        week.events.append(f"rejected {trained['version'][:8]}")
+        return None
+    promoted_at = time.monotonic()
+    client.wait_for(trained["version"])
+    week.events.append(f"promoted {trained['version'][:8]}")
+    return {
+        "week": week.index,
+        "onset_to_new_model_s": round(time.monotonic() - onset, 1),
+        "promotion_to_serving_s": round(time.monotonic() - promoted_at, 2),
+    }
+
+
+def replay(args: argparse.Namespace) -> dict[str, Any]:
+    from dataprep.sources import load_bike
+    from loopline.schema import load_schema
+
+    project = enter_scratch_project(args)
     from flows.training import training
 
     clock = time.monotonic()
@@ -192,18 +269,17 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     if not first["promoted"]:
         raise RuntimeError(f"the first model was not promoted: {first['reason']}")
     initial = first["version"]
-    print(f"[{time.monotonic() - clock:5.0f} s] trained as of {args.train_until}: {initial} in production")
+    print(f"[{time.monotonic() - clock:5.0f} s] trained until {args.train_until}: {initial} in production")
     server, client = start_service(project, project / "server.log")
-    schema = load_schema(project / "schemas" / "bike.yaml")
-    features = [c.name for c in schema.features]
+    features = [c.name for c in load_schema(project / "schemas" / "bike.yaml").features]
     data = load_bike().sort_values("timestamp")
     begin = pd.Timestamp(args.train_until) + pd.Timedelta(days=1)
     end = pd.Timestamp("2013-01-01") if args.full else begin + pd.Timedelta(weeks=args.weeks)
     data = data[(data["timestamp"] >= begin) & (data["timestamp"] < end)]
     served: list[pd.DataFrame] = []
     weeks: list[Week] = []
-    labels_due: list[tuple[pd.Timestamp, str, list[int]]] = []
     timings: list[dict[str, Any]] = []
+    labels = LabelQueue(client, args.label_delay_days)
     try:
         for index, (week_start, week_rows) in enumerate(
             data.groupby(pd.Grouper(key="timestamp", freq="7D", origin=begin))
@@ -211,61 +287,12 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
             week = Week(index, week_start, rows=len(week_rows))
             weeks.append(week)
             real_start, onset = datetime.now(timezone.utc), time.monotonic()
-            for day, day_rows in week_rows.groupby(week_rows["timestamp"].dt.date):
-                request_id = f"day-{day}"
-                # Each record carries its event time, which the harvest gives the training row.
-                records = json.loads(day_rows[[*features, "timestamp"]].to_json(orient="records", date_format="iso"))
-                status, body = client.call("/predict", {"records": records}, {"x-request-id": request_id})
-                if status != 200:
-                    raise RuntimeError(f"replay of {day}: HTTP {status}: {body}")
-                served.append(
-                    day_rows.assign(prediction=body["predictions"], served_by=body["model_version"], week=index)
-                )
-                week.served_versions.add(body["model_version"])
-                labels_due.append(
-                    (
-                        pd.Timestamp(day) + pd.Timedelta(days=args.label_delay_days),
-                        request_id,
-                        day_rows["cnt"].astype(int).tolist(),
-                    )
-                )
-                now_sim = pd.Timestamp(day) + pd.Timedelta(days=1)
-                while labels_due and labels_due[0][0] <= now_sim:  # labels that have arrived by the day's end
-                    _, rid, truth = labels_due.pop(0)
-                    client.call(
-                        "/feedback",
-                        {"labels": [{"request_id": rid, "record": i, "value": v} for i, v in enumerate(truth)]},
-                    )
+            served.append(serve_week(client, week, week_rows, features, labels))
             time.sleep(1.0)  # the request log flushes every 0.3 s
-            real_end = datetime.now(timezone.utc)
-            sim_end = week_start + pd.Timedelta(days=7)
-            before = Registry.for_project(paths.root).production()
-            outcome = monitoring(
-                start=real_start,
-                end=real_end,
-                now=sim_end.tz_localize("UTC").to_pydatetime(),
-                retrain_as_of=None,  # retraining learns from the harvested traffic, not the bundled file's future
-            )
-            week.verdict = outcome["verdict"]
-            if outcome["alerted"]:
-                week.events.append("alert")
-            trained = outcome.get("training")
-            if trained:
-                week.harvested_train_rows = sum(b["rows"].get("train", 0) for b in trained.get("harvested") or [])
-                week.harvested_rows = sum(sum(b["rows"].values()) for b in trained.get("harvested") or [])
-                if trained.get("promoted"):
-                    promoted_at = time.monotonic()
-                    client.wait_for(trained["version"])
-                    week.events.append(f"promoted {trained['version'][:8]}")
-                    timings.append(
-                        {
-                            "week": index,
-                            "onset_to_new_model_s": round(time.monotonic() - onset, 1),
-                            "promotion_to_serving_s": round(time.monotonic() - promoted_at, 2),
-                        }
-                    )
-                else:
-                    week.events.append(f"rejected {trained['version'][:8]}")
+            before = Registry.for_project(project).production()
+            timing = check_week(client, week, (real_start, datetime.now(timezone.utc)), onset)
+            if timing:
+                timings.append(timing)
             print(
                 f"[{time.monotonic() - clock:5.0f} s] week {index} from {week_start.date()}: {week.verdict}"
                 f"{' - ' + ', '.join(week.events) if week.events else ''} (production was {before[:8]})"

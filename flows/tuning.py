@@ -2,7 +2,7 @@
 
     python -m flows.tuning [--trials 20] [--timeout-minutes 30] [--workers 2] [--no-train]
 
-`ingest` and `prepare` run first (the search reads data/prepared), then `models.tune` with params.yaml's
+`ingest` and `prepare` run first (the search reads data/prepared), then `tuning.search` with params.yaml's
 `tune:` settings and this run's budget; it writes tuned.yaml. Unless told not to, the `training` flow
 follows as a subflow: `train` applies tuned.yaml, and the candidate faces the gate like any other.
 """
@@ -25,7 +25,7 @@ from loopline.paths import ProjectPaths
 
 @task(task_run_name="hyperparameter search")
 def search(root: str, n_trials: int | None, timeout_minutes: float | None, workers: int) -> dict[str, Any]:
-    from models.tune import tune
+    from tuning.search import tune
 
     return tune(ProjectPaths(Path(root)), n_trials=n_trials, timeout_minutes=timeout_minutes, workers=workers).to_dict()
 

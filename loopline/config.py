@@ -397,17 +397,27 @@ def load_params(path: str | Path | None = None) -> Params:
         raise ConfigError(f"{path}: {validation_problems(exc, Params)}") from None
 
 
+def locate(tree: dict[str, Any], dotted: str, source: str, create: bool = False) -> tuple[dict[str, Any], str]:
+    """The section of a nested mapping that holds a dotted key's last part, and that part:
+    locate(params, "train.model.hidden") -> (params["train"]["model"], "hidden"). With `create`, missing
+    sections are added; otherwise a part that is not a section is a ConfigError naming `source`."""
+    *parents, key = dotted.split(".")
+    node = tree
+    for name in parents:
+        if create and node.get(name) is None:
+            node[name] = {}
+        if not isinstance(node.get(name), dict):
+            raise ConfigError(f"{source}: {dotted!r} names no setting ({name!r} is not a section)")
+        node = node[name]
+    return node, key
+
+
 def with_overrides(params: Params, overrides: dict[str, Any], source: str = "overrides") -> Params:
     """params with dotted keys set ({"train.lr": 0.01, "train.model.hidden": [64]}), validated again;
     a key that names no setting or a value out of range is a ConfigError naming `source` and the key."""
     raw = params.model_dump(by_alias=True)
     for dotted, value in overrides.items():
-        *parents, key = dotted.split(".")
-        node = raw
-        for name in parents:
-            if not isinstance(node.get(name), dict):
-                raise ConfigError(f"{source}: {dotted!r} names no setting ({name!r} is not a section)")
-            node = node[name]
+        node, key = locate(raw, dotted, source)
         if key not in node:
             raise ConfigError(f"{source}: {dotted!r} names no setting")
         node[key] = value
@@ -469,12 +479,7 @@ def update_params_file(path: str | Path, changes: dict[str, Any]) -> None:
     yaml_rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     document = yaml_rt.load(path.read_text()) or {}
     for dotted, value in changes.items():
-        *parents, key = dotted.split(".")
-        node = document
-        for name in parents:
-            if node.get(name) is None:
-                node[name] = {}
-            node = node[name]
+        node, key = locate(document, dotted, str(path), create=True)
         node[key] = value
     out = io.StringIO()
     yaml_rt.dump(document, out)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from loopline.features import class_probabilities
+from loopline.schema import Task
 
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "pr_auc", "log_loss")
@@ -19,7 +20,7 @@ LOWER_IS_BETTER = {"mae", "rmse", "log_loss"}
 
 def primary_metric(task: str) -> str:
     """The one metric monitoring watches for a task: MAE for regression, accuracy for classification."""
-    return "mae" if task == "regression" else "accuracy"
+    return "mae" if task == Task.REGRESSION else "accuracy"
 
 
 def lower_is_better(metric: str) -> bool:
@@ -106,7 +107,7 @@ def confusion(y: np.ndarray, proba: np.ndarray) -> list[list[int]]:
 
 
 def task_metrics(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    return regression_metrics(y, pred) if task == "regression" else classification_metrics(y, pred)
+    return regression_metrics(y, pred) if task == Task.REGRESSION else classification_metrics(y, pred)
 
 
 MISSING_SLICE = "(missing)"

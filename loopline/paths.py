@@ -25,6 +25,7 @@ PROJECT_FILES = (
     "loopline",
     "dataprep",
     "models",
+    "tuning",
     "release",
     "serving",
     "monitoring",

@@ -26,7 +26,7 @@ from loopline.config import load_params
 from loopline.features import encode_features, encode_target
 from loopline.metrics import task_metrics
 from loopline.paths import ProjectPaths
-from loopline.schema import FeatureSchema, load_schema
+from loopline.schema import FeatureSchema, Task, load_schema
 from loopline.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,10 @@ class FittedBaseline:
 
     def predict(self, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
         x = self.design(frame, schema)
-        if self.task == "regression":
+        if self.task == Task.REGRESSION:
             return self.model.predict(x)
         proba = self.model.predict_proba(x)
-        return proba[:, 1] if self.task == "binary" else proba
+        return proba[:, 1] if self.task == Task.BINARY else proba
 
 
 def baseline_models(schema: FeatureSchema, seed: int) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def baseline_models(schema: FeatureSchema, seed: int) -> dict[str, Any]:
         ]
     )
     is_cat = [False] * n_num + [True] * n_cat
-    if schema.task.value == "regression":
+    if schema.task is Task.REGRESSION:
         return {
             "mean": DummyRegressor(strategy="mean"),
             "linear": make_pipeline(linear_features, Ridge(alpha=1.0)),

@@ -19,6 +19,7 @@ import torch
 
 from loopline.config import ChecksParams, TrainParams
 from loopline.errors import LooplineError
+from loopline.schema import Task
 from models.network import TabularNet
 from models.trainer import Batch, epoch_batches, evaluate_loss, iterate_forever, make_optimizer
 
@@ -58,7 +59,7 @@ class CheckResult:
 def expected_initial_loss(model: TabularNet, data: Batch) -> float:
     """The loss of always predicting the prior, on these rows."""
     with torch.no_grad():
-        if model.spec.task == "regression":
+        if model.spec.task == Task.REGRESSION:
             return float(model.transform_target(data.target).var(unbiased=False))
         counts = torch.bincount(data.target, minlength=max(2, model.spec.n_outputs)).double()
         prior = counts / counts.sum()
@@ -66,19 +67,21 @@ def expected_initial_loss(model: TabularNet, data: Batch) -> float:
         return float(-(prior * prior.log()).sum())
 
 
-def check_loss_at_init(model: TabularNet, data: Batch, cfg: ChecksParams) -> CheckResult:
+def check_loss_at_init(model: TabularNet, data: Batch, limits: ChecksParams) -> CheckResult:
     rows = data.take(torch.arange(min(len(data), 8192)))
     loss = evaluate_loss(model, rows, torch.device("cpu"), "fp32")
     expected = expected_initial_loss(model, rows)
     gap = abs(loss - expected) / max(expected, 1e-12)
-    passed = gap <= cfg.init_loss_tolerance
-    what = "predicting the target mean" if model.spec.task == "regression" else "predicting the class prior"
+    passed = gap <= limits.init_loss_tolerance
+    what = "predicting the target mean" if model.spec.task == Task.REGRESSION else "predicting the class prior"
     detail = f"loss {loss:.4f} at initialisation, expected {expected:.4f} ({what}); off by {gap:.0%}"
     if not passed:
         detail += (
             ". The output layer does not start at the prior: check the final bias initialisation and the output scale"
         )
-    return CheckResult("loss_at_init", passed, loss, f"within {cfg.init_loss_tolerance:.0%} of {expected:.4f}", detail)
+    return CheckResult(
+        "loss_at_init", passed, loss, f"within {limits.init_loss_tolerance:.0%} of {expected:.4f}", detail
+    )
 
 
 def distinct_rows(data: Batch, size: int) -> Batch:
@@ -96,35 +99,35 @@ def distinct_rows(data: Batch, size: int) -> Batch:
     return data.take(torch.tensor(picked))
 
 
-def check_overfit_one_batch(model: TabularNet, data: Batch, cfg: ChecksParams) -> CheckResult:
+def check_overfit_one_batch(model: TabularNet, data: Batch, limits: ChecksParams) -> CheckResult:
     probe = copy.deepcopy(model)
     probe.eval()  # no dropout: the question is whether the model can fit, not how it regularises
-    batch = distinct_rows(data, cfg.overfit_batch_size)
+    batch = distinct_rows(data, limits.overfit_batch_size)
     optimizer = torch.optim.Adam(probe.parameters(), lr=3e-3)
     first = last = math.nan
     steps = 0
-    for steps in range(1, cfg.overfit_steps + 1):
+    for steps in range(1, limits.overfit_steps + 1):
         loss = probe.loss(probe.logits(batch.numeric, batch.categorical), batch.target)
         last = loss.item()
         if steps == 1:
             first = last
-        if last <= cfg.overfit_target * first:
+        if last <= limits.overfit_target * first:
             break
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    passed = last <= cfg.overfit_target * first
+    passed = last <= limits.overfit_target * first
     detail = f"loss on one batch of {len(batch)} rows went from {first:.4f} to {last:.4f} in {steps} steps"
     if not passed:
         detail += (
-            f", not below {cfg.overfit_target:.0%} of the start. The model cannot memorise 16 rows: look for "
+            f", not below {limits.overfit_target:.0%} of the start. The model cannot memorise 16 rows: look for "
             "inputs that never reach the output, a frozen or clamped layer, or a learning rate of zero"
         )
     return CheckResult(
         "overfit_one_batch",
         passed,
         last,
-        f"<= {cfg.overfit_target * first:.4f} within {cfg.overfit_steps} steps",
+        f"<= {limits.overfit_target * first:.4f} within {limits.overfit_steps} steps",
         detail,
     )
 
@@ -144,17 +147,17 @@ def _train_briefly(model: TabularNet, train: Batch, params: TrainParams, steps: 
 def check_input_independent_baseline(
     model: TabularNet, train: Batch, val: Batch, params: TrainParams, seed: int
 ) -> CheckResult:
-    cfg = params.checks
+    limits = params.checks
     real, blind = copy.deepcopy(model), copy.deepcopy(model)
     blind.zero_inputs = True
     torch.manual_seed(seed)
-    _train_briefly(real, train, params, cfg.baseline_steps, seed)
+    _train_briefly(real, train, params, limits.baseline_steps, seed)
     torch.manual_seed(seed)
-    _train_briefly(blind, train, params, cfg.baseline_steps, seed)
+    _train_briefly(blind, train, params, limits.baseline_steps, seed)
     rows = val.take(torch.arange(min(len(val), 16384)))
     real_loss = evaluate_loss(real, rows, torch.device("cpu"), "fp32")
     blind_loss = evaluate_loss(blind, rows, torch.device("cpu"), "fp32")
-    limit = blind_loss * (1 - cfg.baseline_margin)
+    limit = blind_loss * (1 - limits.baseline_margin)
     passed = real_loss <= limit
     detail = f"validation loss {real_loss:.4f} with real inputs vs {blind_loss:.4f} with inputs zeroed"
     if not passed:
@@ -166,7 +169,7 @@ def check_input_independent_baseline(
         "input_independent_baseline",
         passed,
         real_loss,
-        f"<= {limit:.4f} ({cfg.baseline_margin:.0%} below zeroed)",
+        f"<= {limit:.4f} ({limits.baseline_margin:.0%} below zeroed)",
         detail,
     )
 

@@ -28,22 +28,22 @@ from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema
 from loopline.stage import run_stage
 from models.baselines import load_baselines
-from models.inference import load_model, predict
+from models.torch_predict import load_model, predict
 
 log = logging.getLogger(__name__)
 
 
-def slice_columns(schema: FeatureSchema, cfg: EvaluateParams) -> list[str]:
-    if cfg.slices == "auto":
-        return [c.name for c in schema.categorical_features if len(c.categories) <= cfg.max_slice_categories]
+def slice_columns(schema: FeatureSchema, evaluation: EvaluateParams) -> list[str]:
+    if evaluation.slices == "auto":
+        return [c.name for c in schema.categorical_features if len(c.categories) <= evaluation.max_slice_categories]
     features = {c.name for c in schema.features}
-    unknown = [name for name in cfg.slices if name not in features]
+    unknown = [name for name in evaluation.slices if name not in features]
     if unknown:
         raise ConfigError(
             f"params.yaml evaluate.slices: {unknown} are not feature columns of schema "
             f"{schema.name!r}; the features are {sorted(features)}"
         )
-    return list(cfg.slices)
+    return list(evaluation.slices)
 
 
 @dataclass
@@ -58,14 +58,14 @@ def evaluate(
     baselines: dict[str, np.ndarray],
     frame: pd.DataFrame,
     schema: FeatureSchema,
-    cfg: EvaluateParams,
+    evaluation: EvaluateParams,
 ) -> Evaluation:
     task = schema.task.value
     y = encode_target(frame, schema)
     metrics = {"model": task_metrics(task, y, model_pred)}
     for name, pred in baselines.items():
         metrics[name] = task_metrics(task, y, pred)
-    slices = metrics_by_slice(frame, y, model_pred, task, slice_columns(schema, cfg), cfg.min_slice_rows)
+    slices = metrics_by_slice(frame, y, model_pred, task, slice_columns(schema, evaluation), evaluation.min_slice_rows)
     classes = None
     if schema.task.is_classification:
         names = [str(c) for c in schema.classes]

@@ -34,8 +34,8 @@ from loopline.paths import ProjectPaths
 from loopline.registry import sha256_file
 from loopline.schema import FeatureSchema
 from loopline.stage import run_stage
-from models.inference import load_model, predict
 from models.network import EnsembleNet, TabularNet
+from models.torch_predict import load_model, predict
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,9 @@ def check_onnx_file(path: Path) -> None:
         raise ExportError(f"{path}: inputs are {names}, expected {list(INPUT_NAMES)}")
 
 
-def onnx_session(path: Path, device: str = "cpu"):
-    """An ONNX Runtime session for the file; a file it cannot load is an ExportError naming it."""
+def load_exported(path: Path, device: str = "cpu"):
+    """The exported file in an ONNX Runtime session (`loopline.runtime.onnx_session`, on the CPU by
+    default); a file it cannot load is an ExportError naming it."""
     try:
         return runtime.onnx_session(path, device)
     except Exception as exc:  # onnxruntime raises its own exception types per failure
@@ -244,7 +245,7 @@ def run_export(paths: ProjectPaths | None = None) -> ParityReport:
         )
         report = check_parity(
             expected,
-            onnx_session(onnx_file),
+            load_exported(onnx_file),
             golden,
             schema,
             params.export.parity_atol,

@@ -30,16 +30,16 @@ class LRRangeResult:
 
 
 def lr_range_test(model: TabularNet, train: Batch, params: TrainParams, seed: int) -> LRRangeResult:
-    cfg = params.lr_range
+    sweep = params.lr_range
     probe = copy.deepcopy(model)
     probe.train()
-    optimizer = make_optimizer(probe, params, lr=cfg.min_lr)
-    ratio = (cfg.max_lr / cfg.min_lr) ** (1 / (cfg.steps - 1))
+    optimizer = make_optimizer(probe, params, lr=sweep.min_lr)
+    ratio = (sweep.max_lr / sweep.min_lr) ** (1 / (sweep.steps - 1))
     batches = iterate_forever(lambda epoch: epoch_batches(len(train), params.batch_size, seed + 7, epoch))
     result = LRRangeResult()
     avg, best = 0.0, math.inf
-    for step, index in zip(range(cfg.steps), batches):
-        lr = cfg.min_lr * ratio**step
+    for step, index in zip(range(sweep.steps), batches):
+        lr = sweep.min_lr * ratio**step
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = train.take(index)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from loopline.schema import FeatureSchema
+from loopline.schema import FeatureSchema, Task
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def build_spec(
         hidden=list(hidden),
         dropout=dropout,
         n_outputs=n_outputs,
-        target_transform=target_transform if schema.task.value == "regression" else "none",
+        target_transform=target_transform if schema.task is Task.REGRESSION else "none",
         numeric_names=[c.name for c in schema.numeric_features],
         categorical_names=[c.name for c in schema.categorical_features],
     )
@@ -105,7 +105,7 @@ class TabularNet(nn.Module):
                 row_of = {value: i + 1 for i, value in enumerate(vocabulary)}
                 for position, value in enumerate(col.categories):
                     self.category_to_row[j, position] = row_of.get(value, 0)
-            if self.spec.task == "regression":
+            if self.spec.task == Task.REGRESSION:
                 t = stats["target"]
                 if self.spec.target_transform == "log1p":
                     self.target_shift.fill_(t["log1p_mean"])
@@ -118,11 +118,11 @@ class TabularNet(nn.Module):
         """Start at the prior: the target mean (0 after standardising) or the class log-prior."""
         with torch.no_grad():
             self.head.weight.mul_(0.1)
-            if self.spec.task == "regression":
+            if self.spec.task == Task.REGRESSION:
                 self.head.bias.zero_()
             else:
                 prior = torch.tensor(stats["target"]["prior"], dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
-                if self.spec.task == "binary":
+                if self.spec.task == Task.BINARY:
                     self.head.bias.fill_(float(torch.log(prior[1] / prior[0])))
                 else:
                     self.head.bias.copy_(torch.log(prior).float())
@@ -151,10 +151,10 @@ class TabularNet(nn.Module):
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         """Predictions on the target's own scale: values, P(class 1), or class probabilities."""
         out = self.logits(numeric, categorical)
-        if self.spec.task == "regression":
+        if self.spec.task == Task.REGRESSION:
             y = out * self.target_scale + self.target_shift
             return torch.expm1(y) if self.spec.target_transform == "log1p" else y
-        if self.spec.task == "binary":
+        if self.spec.task == Task.BINARY:
             return torch.sigmoid(out)
         return torch.softmax(out, dim=-1)
 
@@ -167,9 +167,9 @@ class TabularNet(nn.Module):
     def loss(self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The batch's mean loss; with `weight`, the weighted mean (rows count by their weight)."""
         reduction = "mean" if weight is None else "none"
-        if self.spec.task == "regression":
+        if self.spec.task == Task.REGRESSION:
             loss = nn.functional.mse_loss(logits.float(), self.transform_target(y), reduction=reduction)
-        elif self.spec.task == "binary":
+        elif self.spec.task == Task.BINARY:
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y.float(), reduction=reduction)
         else:
             loss = nn.functional.cross_entropy(logits.float(), y, reduction=reduction)
@@ -181,7 +181,7 @@ class TabularNet(nn.Module):
 
 def choose_target_transform(requested: str, task: str, stats: dict[str, Any]) -> str:
     """'auto': log1p for a non-negative, right-skewed regression target (counts), else standardize."""
-    if task != "regression":
+    if task != Task.REGRESSION:
         return "none"
     if requested != "auto":
         return requested

@@ -21,16 +21,16 @@ import torch
 import torch.distributed as dist
 
 from loopline.atomic import StagedOutputs, write_json
-from loopline.config import Params, load_params, load_tuned, training_runs
+from loopline.config import Params, TunedParams, load_params, load_tuned, training_runs
 from loopline.features import encode_features, encode_target
 from loopline.metrics import task_metrics
 from loopline.paths import MODEL_FILES, ProjectPaths
 from loopline.schema import FeatureSchema, load_schema
 from loopline.stage import run_stage
 from models.checks import CheckResult, RecipeCheckError, raise_on_failures, run_recipe_checks
-from models.inference import predict
 from models.lr_finder import LRRangeResult, lr_range_test, plot_lr_range
 from models.network import EnsembleNet, TabularNet, build_spec, choose_target_transform
+from models.torch_predict import predict
 from models.trainer import (
     Batch,
     TrainResult,
@@ -77,9 +77,11 @@ def training_weights(paths: ProjectPaths) -> np.ndarray | None:
 
 def build_model(data: PreparedSplits, params: Params) -> TabularNet:
     """A fresh network: initial weights fixed by the seed, preprocessing fitted, output at the prior."""
-    cfg = params.train.model
-    transform = choose_target_transform(cfg.target_transform, data.schema.task.value, data.stats)
-    spec = build_spec(data.schema, data.stats, cfg.hidden, cfg.dropout, cfg.embedding_dim, transform)
+    net_params = params.train.model
+    transform = choose_target_transform(net_params.target_transform, data.schema.task.value, data.stats)
+    spec = build_spec(
+        data.schema, data.stats, net_params.hidden, net_params.dropout, net_params.embedding_dim, transform
+    )
     torch.manual_seed(params.seed)
     model = TabularNet(spec)
     model.fit_preprocessing(data.schema, data.stats)
@@ -140,8 +142,8 @@ def fit(
 
     Recipe checks raise on failure (RecipeCheckError); the LR range test runs when `find_lr` or when
     train.lr is 'auto'. `on_epoch` sees every epoch's losses (the tuner's pruning hook)."""
-    cfg = params.train
-    seed_everything(params.seed, cfg.deterministic)
+    train_params = params.train
+    seed_everything(params.seed, train_params.deterministic)
     train, val = data.batch("train"), data.batch("val")
     model = build_model(data, params)
     done = completed_preamble(checkpoint, fingerprint)
@@ -151,19 +153,21 @@ def fit(
     else:
         checks = []
         if run_checks:
-            checks = run_recipe_checks(model, train, val, cfg, params.seed)
+            checks = run_recipe_checks(model, train, val, train_params, params.seed)
             raise_on_failures(checks)
-        lr_range = lr_range_test(model, train, cfg, params.seed) if find_lr or cfg.lr == "auto" else None
+        lr_range = (
+            lr_range_test(model, train, train_params, params.seed) if find_lr or train_params.lr == "auto" else None
+        )
         if checkpoint is not None and rank == 0:
             save_preamble(checkpoint, fingerprint, checks, lr_range)
-    lr = lr_range.suggested_lr if cfg.lr == "auto" else float(cfg.lr)
-    device = resolve_device(cfg.device)
+    lr = lr_range.suggested_lr if train_params.lr == "auto" else float(train_params.lr)
+    device = resolve_device(train_params.device)
     torch.manual_seed(params.seed + 1)  # training's own random stream, whichever checks ran before
     result = train_model(
         model,
         train,
         val,
-        cfg,
+        train_params,
         seed=params.seed,
         lr=lr,
         device=device,
@@ -215,9 +219,8 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
     a tuned ensemble, trained by the same recipe (checks, LR range test, loop) and saved as one model."""
     paths = paths or ProjectPaths.here()
     rank, world = init_distributed()
-    base = load_params(paths.params)
     tuned = load_tuned(paths.tuned_params)
-    runs = training_runs(base, tuned, str(paths.tuned_params))
+    runs = training_runs(load_params(paths.params), tuned, str(paths.tuned_params))
     if not tuned.empty:
         log.info(
             "applying %s (study %s, trial %s)%s",
@@ -231,32 +234,8 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
     precision = resolve_precision(runs[0].train.precision, device)
     log.info("device %s, precision %s, %d process(es)", device, precision, world)
 
-    fitted: list[Fitted] = []
-    for i, params in enumerate(runs):
-        member = f"member {i}: " if len(runs) > 1 else ""
-        checkpoint = paths.checkpoint if len(runs) == 1 else paths.checkpoint.with_name(f"train-member{i}.pt")
-        try:
-            one = fit(
-                data, params, checkpoint=checkpoint, fingerprint=run_fingerprint(params, paths), rank=rank, world=world
-            )
-        except RecipeCheckError as exc:
-            if rank == 0:  # reports/train/checks.json stays with the model it describes
-                write_json(paths.failed_checks, exc.results_dicts())
-                log.info("recipe check report of this failed run: %s", paths.failed_checks)
-            raise
-        log.info(
-            "%sLR range test suggests %.3g; trained with lr %.3g%s",
-            member,
-            one.lr_range.suggested_lr,
-            one.lr,
-            " (train.lr: auto)" if params.train.lr == "auto" else "",
-        )
-        fitted.append(one)
-    model: TabularNet | EnsembleNet = fitted[0].model
-    if len(fitted) > 1:
-        model = EnsembleNet([f.model.spec for f in fitted])
-        for target, f in zip(model.members, fitted):
-            target.load_state_dict(f.model.state_dict())
+    fitted = fit_runs(paths, data, runs, rank, world)
+    model = one_model(fitted)
     rank_gap = max(max_parameter_gap_across_ranks(f.model) for f in fitted) if world > 1 else 0.0
     model.cpu().eval()
     if rank != 0:
@@ -274,6 +253,65 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
         for split in ("val", "test")
     }
     records = [training_record(f, device, precision, world, rank_gap) for f in fitted]
+    training, checks = training_report(fitted, records, tuned)
+    summary = {
+        "val": metrics["val"],
+        "test": metrics["test"],
+        "best_epoch": fitted[0].result.best_epoch,
+        "epochs_run": len(fitted[0].result.history),
+        "lr": fitted[0].lr,
+        **({"ensemble_members": len(fitted)} if len(fitted) > 1 else {}),
+    }
+    save_outputs(paths, data, runs, fitted, model, training, checks, summary)
+    if world > 1:
+        dist.barrier()
+    log.info("val %s", _fmt(metrics["val"]))
+    log.info("test %s", _fmt(metrics["test"]))
+    return summary
+
+
+def fit_runs(paths: ProjectPaths, data: PreparedSplits, runs: list[Params], rank: int, world: int) -> list[Fitted]:
+    """Each run's network fitted by the recipe, resumable from its own checkpoint; a failed recipe check
+    leaves its report (reports/train/checks.json stays with the model it describes)."""
+    fitted: list[Fitted] = []
+    for i, params in enumerate(runs):
+        member = f"member {i}: " if len(runs) > 1 else ""
+        checkpoint = paths.checkpoint if len(runs) == 1 else paths.checkpoint.with_name(f"train-member{i}.pt")
+        try:
+            one = fit(
+                data, params, checkpoint=checkpoint, fingerprint=run_fingerprint(params, paths), rank=rank, world=world
+            )
+        except RecipeCheckError as exc:
+            if rank == 0:
+                write_json(paths.failed_checks, exc.results_dicts())
+                log.info("recipe check report of this failed run: %s", paths.failed_checks)
+            raise
+        log.info(
+            "%sLR range test suggests %.3g; trained with lr %.3g%s",
+            member,
+            one.lr_range.suggested_lr,
+            one.lr,
+            " (train.lr: auto)" if params.train.lr == "auto" else "",
+        )
+        fitted.append(one)
+    return fitted
+
+
+def one_model(fitted: list[Fitted]) -> TabularNet | EnsembleNet:
+    """The network, or the fitted members averaged inside one ensemble network."""
+    if len(fitted) == 1:
+        return fitted[0].model
+    model = EnsembleNet([f.model.spec for f in fitted])
+    for target, f in zip(model.members, fitted):
+        target.load_state_dict(f.model.state_dict())
+    return model
+
+
+def training_report(
+    fitted: list[Fitted], records: list[dict[str, Any]], tuned: TunedParams
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """training.json (the first run's record, the recipe checks, the ensemble's records, the tuning that
+    chose the settings) and the recipe checks' list (each member's, for an ensemble)."""
     checks = [
         {**c.to_dict(), **({"member": i} if len(fitted) > 1 else {})} for i, f in enumerate(fitted) for c in f.checks
     ]
@@ -286,16 +324,20 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
         training["ensemble"] = records
     if not tuned.empty:
         training["tuned"] = tuned.model_dump()
-    best = fitted[0].result
-    summary = {
-        "val": metrics["val"],
-        "test": metrics["test"],
-        "best_epoch": best.best_epoch,
-        "epochs_run": len(best.history),
-        "lr": fitted[0].lr,
-    }
-    if len(fitted) > 1:
-        summary["ensemble_members"] = len(fitted)
+    return training, checks
+
+
+def save_outputs(
+    paths: ProjectPaths,
+    data: PreparedSplits,
+    runs: list[Params],
+    fitted: list[Fitted],
+    model: TabularNet | EnsembleNet,
+    training: dict[str, Any],
+    checks: list[dict[str, Any]],
+    summary: dict[str, Any],
+) -> None:
+    """The model directory, the stage's metrics, reports, plots and DVCLive folder, all or nothing."""
     with StagedOutputs() as out:
         model_dir = out.path(paths.model_dir, directory=True)
         torch.save(model.state_dict(), model_dir / MODEL_FILES["weights"])
@@ -310,11 +352,6 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
         plot_lr_range(fitted[0].lr_range, out.path(paths.train_reports_dir / "lr_range.png"))
         _plot_losses([f.result.history for f in fitted], out.path(paths.train_reports_dir / "loss_curves.png"))
         write_tracking(out.path(paths.dvclive_dir, directory=True), runs, [f.result.history for f in fitted])
-    if world > 1:
-        dist.barrier()
-    log.info("val %s", _fmt(metrics["val"]))
-    log.info("test %s", _fmt(metrics["test"]))
-    return summary
 
 
 def training_record(f: Fitted, device: torch.device, precision: str, world: int, rank_gap: float) -> dict[str, Any]:

@@ -233,6 +233,133 @@ def evaluate_loss(model: TabularNet, data: Batch, device: torch.device, precisio
     return total / max(1, len(data))
 
 
+@dataclass
+class TrainState:
+    """Where a run is, beyond the model's and the optimiser's own states: what a checkpoint saves and a
+    resumed run restores, so that it continues bit for bit."""
+
+    result: TrainResult
+    best_state: dict[str, Any]
+    """The weights of the best epoch so far (restored at the end)."""
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    """Batches of `epoch` already taken (a resumed run skips them)."""
+    bad_epochs: int = 0
+    """Epochs since the validation loss last improved (early stopping)."""
+    epoch_loss_sum: Any = 0.0
+    epoch_rows: int = 0
+
+
+@dataclass
+class _Optimisation:
+    """The objects one training step moves forward."""
+
+    model: TabularNet
+    step_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+
+
+def _checkpoint(opt: _Optimisation, state: TrainState, fingerprint: str, finished: bool) -> dict[str, Any]:
+    return {
+        "fingerprint": fingerprint,
+        "finished": finished,
+        "model": opt.model.state_dict(),
+        "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict(),
+        "scaler": opt.scaler.state_dict(),
+        "rng": rng_state(),
+        "epoch": state.epoch,
+        "batch_in_epoch": state.batch_in_epoch,
+        "steps": state.result.steps,
+        "epoch_loss_sum": state.epoch_loss_sum,
+        "epoch_rows": state.epoch_rows,
+        "best_state": state.best_state,
+        "best_epoch": state.result.best_epoch,
+        "best_val_loss": state.result.best_val_loss,
+        "bad_epochs": state.bad_epochs,
+        "history": state.result.history,
+    }
+
+
+def _resume(checkpoint: Path | None, fingerprint: str, opt: _Optimisation, state: TrainState) -> None:
+    """Continue from the checkpoint when it is an unfinished run of this configuration and data."""
+    if checkpoint is None or not checkpoint.is_file():
+        return
+    saved = load_checkpoint(checkpoint)
+    if saved.get("fingerprint") != fingerprint:
+        log.info("starting afresh: checkpoint %s belongs to another configuration or data", checkpoint)
+        return
+    if saved.get("finished"):
+        log.info("starting afresh: checkpoint %s is of a run that finished", checkpoint)
+        return
+    opt.model.load_state_dict(saved["model"])
+    opt.optimizer.load_state_dict(saved["optimizer"])
+    opt.scheduler.load_state_dict(saved["scheduler"])
+    opt.scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"])
+    state.best_state, state.bad_epochs = saved["best_state"], saved["bad_epochs"]
+    state.epoch, state.batch_in_epoch = saved["epoch"], saved["batch_in_epoch"]
+    state.epoch_loss_sum, state.epoch_rows = saved["epoch_loss_sum"], saved["epoch_rows"]
+    result = state.result
+    result.history, result.best_epoch = saved["history"], saved["best_epoch"]
+    result.best_val_loss, result.steps = saved["best_val_loss"], saved["steps"]
+    result.resumed_from = {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "step": result.steps}
+    log.info("resumed from %s at epoch %d, batch %d", checkpoint, state.epoch, state.batch_in_epoch)
+
+
+def _step(opt: _Optimisation, batch: Batch, params: TrainParams, device: torch.device, precision: str) -> torch.Tensor:
+    """One optimisation step on a batch; its loss."""
+    with autocast(device, precision):
+        logits = opt.step_model(batch.numeric, batch.categorical)
+    loss = opt.model.loss(logits, batch.target, batch.weight)
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(loss).backward()
+    if params.grad_clip_norm is not None:
+        opt.scaler.unscale_(opt.optimizer)
+        nn.utils.clip_grad_norm_(opt.model.parameters(), params.grad_clip_norm)
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    opt.scheduler.step()
+    return loss
+
+
+def _end_epoch(opt: _Optimisation, state: TrainState, val_loss: float, rank: int) -> dict[str, float]:
+    """The epoch's record; the best weights kept; a diverged run stopped with what to do."""
+    epoch, result = state.epoch, state.result
+    record = {
+        "epoch": epoch,
+        "train_loss": float(state.epoch_loss_sum) / max(1, state.epoch_rows),
+        "val_loss": val_loss,
+        "lr": opt.optimizer.param_groups[0]["lr"],
+        "step": result.steps,
+    }
+    if not (math.isfinite(record["train_loss"]) and math.isfinite(val_loss)):
+        raise TrainingDiverged(
+            f"epoch {epoch}: training loss {record['train_loss']:.4g}, validation loss {val_loss:.4g} at "
+            f"lr {record['lr']:.3g}; the run diverged. Lower train.lr (or use train.lr: auto), keep "
+            "train.grad_clip_norm set, and look for extreme values in the data report"
+        )
+    result.history.append(record)
+    state.epoch_loss_sum, state.epoch_rows = 0.0, 0
+    if val_loss < result.best_val_loss:
+        result.best_val_loss, result.best_epoch, state.bad_epochs = val_loss, epoch, 0
+        state.best_state = copy.deepcopy(opt.model.state_dict())
+    else:
+        state.bad_epochs += 1
+    if rank == 0:
+        log.info(
+            "epoch %d: train loss %.5f, val loss %.5f, lr %.3g%s",
+            epoch,
+            record["train_loss"],
+            val_loss,
+            record["lr"],
+            " (best)" if state.bad_epochs == 0 else "",
+        )
+    return record
+
+
 def train_model(
     model: TabularNet,
     train: Batch,
@@ -258,136 +385,62 @@ def train_model(
         step_model = nn.parallel.DistributedDataParallel(
             step_model, device_ids=[device.index] if device.type == "cuda" else None
         )
-
     steps_per_epoch = len(epoch_batches(len(train), params.batch_size, seed, 0, rank, world))
     total_steps = steps_per_epoch * params.epochs
     optimizer = make_optimizer(model, params, lr)
-    scheduler = make_scheduler(optimizer, params, lr, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    opt = _Optimisation(
+        model,
+        step_model,
+        optimizer,
+        make_scheduler(optimizer, params, lr, total_steps),
+        torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+    )
+    state = TrainState(TrainResult(), copy.deepcopy(model.state_dict()))
+    _resume(checkpoint, fingerprint, opt, state)
+    result = state.result
 
-    result = TrainResult()
-    start_epoch, skip_batches, bad_epochs = 0, 0, 0
-    best_state = copy.deepcopy(model.state_dict())
-    epoch_loss_sum, epoch_rows = 0.0, 0
-    if checkpoint is not None and checkpoint.is_file():
-        saved = load_checkpoint(checkpoint)
-        if saved.get("fingerprint") != fingerprint:
-            log.info("starting afresh: checkpoint %s belongs to another configuration or data", checkpoint)
-        elif saved.get("finished"):
-            log.info("starting afresh: checkpoint %s is of a run that finished", checkpoint)
-        else:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            scaler.load_state_dict(saved["scaler"])
-            set_rng_state(saved["rng"])
-            best_state, bad_epochs = saved["best_state"], saved["bad_epochs"]
-            start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
-            epoch_loss_sum, epoch_rows = saved["epoch_loss_sum"], saved["epoch_rows"]
-            result.history, result.best_epoch = saved["history"], saved["best_epoch"]
-            result.best_val_loss, result.steps = saved["best_val_loss"], saved["steps"]
-            result.resumed_from = {"epoch": start_epoch, "batch_in_epoch": skip_batches, "step": result.steps}
-            log.info("resumed from %s at epoch %d, batch %d", checkpoint, start_epoch, skip_batches)
-
-    def snapshot(epoch: int, batch_in_epoch: int, finished: bool = False) -> None:
-        if checkpoint is None or rank != 0:
-            return
-        save_checkpoint(
-            checkpoint,
-            {
-                "fingerprint": fingerprint,
-                "finished": finished,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_state(),
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "steps": result.steps,
-                "epoch_loss_sum": epoch_loss_sum,
-                "epoch_rows": epoch_rows,
-                "best_state": best_state,
-                "best_epoch": result.best_epoch,
-                "best_val_loss": result.best_val_loss,
-                "bad_epochs": bad_epochs,
-                "history": result.history,
-            },
-        )
+    def snapshot(finished: bool = False) -> None:
+        if checkpoint is not None and rank == 0:
+            save_checkpoint(checkpoint, _checkpoint(opt, state, fingerprint, finished))
 
     progress = _Progress(total_steps, enabled=rank == 0 and sys.stderr.isatty(), initial=result.steps)
     timer_rows, timer_start = 0, _now(device)
     model.train()
-    for epoch in range(start_epoch, params.epochs):
+    for epoch in range(state.epoch, params.epochs):
+        state.epoch, skip = epoch, state.batch_in_epoch
         for batch_in_epoch, index in enumerate(epoch_batches(len(train), params.batch_size, seed, epoch, rank, world)):
-            if batch_in_epoch < skip_batches:
+            if batch_in_epoch < skip:
                 continue
             batch = train.take(index.to(device))
-            with autocast(device, precision):
-                logits = step_model(batch.numeric, batch.categorical)
-            loss = model.loss(logits, batch.target, batch.weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if params.grad_clip_norm is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-
+            loss = _step(opt, batch, params, device, precision)
             result.steps += 1
             # On CUDA, summing on the device avoids a host sync every step.
-            epoch_loss_sum += loss.detach() * len(batch) if device.type == "cuda" else loss.item() * len(batch)
-            epoch_rows += len(batch)
+            state.epoch_loss_sum += loss.detach() * len(batch) if device.type == "cuda" else loss.item() * len(batch)
+            state.epoch_rows += len(batch)
             timer_rows += len(batch)
             progress.update(loss.item() if progress.enabled else None)
             if result.steps % params.checkpoint_every_steps == 0:
-                snapshot(epoch, batch_in_epoch + 1)
-        skip_batches = 0
+                state.batch_in_epoch = batch_in_epoch + 1
+                snapshot()
 
-        val_loss = evaluate_loss(model, val, device, precision)
-        record = {
-            "epoch": epoch,
-            "train_loss": float(epoch_loss_sum) / max(1, epoch_rows),
-            "val_loss": val_loss,
-            "lr": optimizer.param_groups[0]["lr"],
-            "step": result.steps,
-        }
-        if not (math.isfinite(record["train_loss"]) and math.isfinite(val_loss)):
-            raise TrainingDiverged(
-                f"epoch {epoch}: training loss {record['train_loss']:.4g}, validation loss {val_loss:.4g} at "
-                f"lr {record['lr']:.3g}; the run diverged. Lower train.lr (or use train.lr: auto), keep "
-                "train.grad_clip_norm set, and look for extreme values in the data report"
-            )
-        result.history.append(record)
-        epoch_loss_sum, epoch_rows = 0.0, 0
-        if val_loss < result.best_val_loss:
-            result.best_val_loss, result.best_epoch, bad_epochs = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
-        if rank == 0:
-            log.info(
-                "epoch %d: train loss %.5f, val loss %.5f, lr %.3g%s",
-                epoch,
-                record["train_loss"],
-                val_loss,
-                record["lr"],
-                " (best)" if bad_epochs == 0 else "",
-            )
-        snapshot(epoch + 1, 0)
+        record = _end_epoch(opt, state, evaluate_loss(model, val, device, precision), rank)
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        snapshot()
         if on_epoch is not None:
             on_epoch(record)
-        if bad_epochs >= params.patience:
+        if state.bad_epochs >= params.patience:
             result.stopped_early = True
-            log.info("early stopping: no improvement for %d epochs; restoring epoch %d", bad_epochs, result.best_epoch)
+            log.info(
+                "early stopping: no improvement for %d epochs; restoring epoch %d", state.bad_epochs, result.best_epoch
+            )
             break
 
     elapsed = _now(device) - timer_start
     result.samples_per_second = timer_rows / elapsed if elapsed > 0 else 0.0
     progress.close()
-    model.load_state_dict(best_state)
-    snapshot(params.epochs, 0, finished=True)
+    model.load_state_dict(state.best_state)
+    state.epoch, state.batch_in_epoch = params.epochs, 0
+    snapshot(finished=True)
     return result
 
 

@@ -26,7 +26,7 @@ from loopline.paths import ProjectPaths
 from loopline.registry import REFERENCE_FILE, Registry
 from loopline.runtime import onnx_session, predict_frame
 from monitoring.alerts import Delivery, Incidents, Outbox, SmtpSettings, compose
-from monitoring.drift import CheckResult, add_to_workspace, check_window, reference_frame, save_check
+from monitoring.drift import WindowCheck, add_to_workspace, check_window, reference_frame, save_check
 from monitoring.window import served_window
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    result: CheckResult
+    result: WindowCheck
     files: dict[str, Path]
     incident: str | None = None
     alerted: bool = False
@@ -137,7 +137,7 @@ def run_check(
     return outcome
 
 
-def drift_body(result: CheckResult, next_step: str, max_degradation: float) -> str:
+def drift_body(result: WindowCheck, next_step: str, max_degradation: float) -> str:
     lines = [result.summary(), ""]
     if result.drifted:
         lines.append("Drifted columns (score, method, threshold):")

@@ -21,7 +21,7 @@ import pandas as pd
 from loopline.config import MonitorParams
 from loopline.features import class_probabilities
 from loopline.metrics import primary_metric, task_metrics
-from loopline.schema import FeatureSchema
+from loopline.schema import FeatureSchema, Task
 
 PREDICTION = "prediction"
 REFERENCE_ROWS = 50_000
@@ -49,7 +49,9 @@ class Performance:
 
 
 @dataclass
-class CheckResult:
+class WindowCheck:
+    """The verdict on one window of served traffic: drift per column, performance once labelled."""
+
     model_version: str
     window_start: str
     window_end: str
@@ -105,12 +107,12 @@ def check_window(
     reference_metrics: dict[str, float],
     window_start: datetime,
     window_end: datetime,
-) -> tuple[CheckResult, dict[str, Any]]:
+) -> tuple[WindowCheck, dict[str, Any]]:
     """Judge one window. `window`: request-log rows (features and `prediction`) with the target column
     where a label arrived (NaN elsewhere). `reference`: training rows with the target and the model's
     `prediction` on them (see reference_frame). Returns the result and Evidently's snapshots by name:
     "drift" (every served record) and, with enough labels, "performance" (the labelled ones)."""
-    result = CheckResult(
+    result = WindowCheck(
         model_version=model_version,
         window_start=window_start.isoformat(),
         window_end=window_end.isoformat(),
@@ -167,18 +169,18 @@ def _definition(schema: FeatureSchema, *, with_target: bool) -> Any:
     numeric = [c.name for c in schema.numeric_features]
     categorical = [c.name for c in schema.categorical_features]
     task = schema.task.value
-    if task == "regression":
+    if task == Task.REGRESSION:
         numeric.append(PREDICTION)
     else:
         categorical.append(PREDICTION)
     extra: dict[str, Any] = {}
     if with_target:
-        if task == "regression":
+        if task == Task.REGRESSION:
             numeric.append(schema.target)
             extra["regression"] = [Regression(target=schema.target, prediction=PREDICTION)]
         else:
             categorical.append(schema.target)
-            kind = BinaryClassification if task == "binary" else MulticlassClassification
+            kind = BinaryClassification if task == Task.BINARY else MulticlassClassification
             extra["classification"] = [kind(target=schema.target, prediction_labels=PREDICTION)]
     return DataDefinition(numerical_columns=numeric, categorical_columns=categorical, **extra)
 
@@ -186,7 +188,7 @@ def _definition(schema: FeatureSchema, *, with_target: bool) -> Any:
 def _performance_preset(schema: FeatureSchema) -> Any:
     from evidently.presets import ClassificationPreset, RegressionPreset
 
-    return RegressionPreset() if schema.task.value == "regression" else ClassificationPreset()
+    return RegressionPreset() if schema.task is Task.REGRESSION else ClassificationPreset()
 
 
 def _performance(
@@ -242,7 +244,7 @@ def _column_drift(report: dict[str, Any]) -> tuple[list[ColumnDrift], float]:
     return columns, share
 
 
-def save_check(result: CheckResult, snapshots: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def save_check(result: WindowCheck, snapshots: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """The JSON summary and each of Evidently's reports as a self-contained HTML page (<name>.html)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"summary": out_dir / "summary.json"}

@@ -129,8 +129,8 @@ JOBS = {
     "train": (["-m", "flows.training"], "the training flow: the DVC stages, the gate, promotion, emails"),
     "monitor": (["-m", "flows.monitor"], "the monitoring flow: check the served traffic, alert, retrain"),
     "harvest": (["-m", "dataprep.harvest"], "labelled served records become a DVC-tracked batch for ingest"),
-    "tune": (["-m", "models.tune"], "hyperparameter search (tune: in params.yaml); writes tuned.yaml"),
-    "cv": (["-m", "models.crossval"], "cross-validation of the training settings (cv: in params.yaml)"),
+    "tune": (["-m", "tuning.search"], "hyperparameter search (tune: in params.yaml); writes tuned.yaml"),
+    "cv": (["-m", "tuning.crossval"], "cross-validation of the training settings (cv: in params.yaml)"),
     "serve": (
         ["-m", "bentoml", "serve", "serving.service:Predictor", "--host", "127.0.0.1"],
         "the HTTP service over the production model (BentoML; --port, default 3000)",

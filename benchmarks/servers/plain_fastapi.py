@@ -36,8 +36,8 @@ if RUNTIME == "onnx":
     def predict(frame: pd.DataFrame) -> Any:
         return predict_frame(session, frame, schema)
 else:
-    from models.inference import load_model
-    from models.inference import predict as torch_predict
+    from models.torch_predict import load_model
+    from models.torch_predict import predict as torch_predict
 
     torch_model, _ = load_model(MODEL_DIR)
 

@@ -18,8 +18,8 @@ from loopline.config import Params, load_params
 from loopline.errors import ConfigError
 from loopline.paths import ProjectPaths
 from loopline.schema import schema_from_dict
-from models.crossval import kfold_folds, make_folds, rolling_origin_folds
 from toy import SCHEMAS
+from tuning.crossval import kfold_folds, make_folds, rolling_origin_folds
 
 # A small, quick search: three epochs per trial, a space with a conditional parameter.
 QUICK_TUNE = {
@@ -47,7 +47,7 @@ QUICK_TUNE_AGAIN = {
 
 
 def tune(project: Project, *args: str) -> str:
-    return project.run(sys.executable, "-m", "models.tune", *args).output
+    return project.run(sys.executable, "-m", "tuning.search", *args).output
 
 
 def load(project: Project, study: str, db: str) -> optuna.Study:
@@ -89,7 +89,7 @@ def test_a_seeded_search_is_repeatable(prepared: Project) -> None:
 
 @pytest.mark.parametrize("pruner", ["median", "successive_halving"])
 def test_pruning_stops_a_trial_that_is_clearly_worse(prepared: Project, pruner: str) -> None:
-    from models.tune import open_study
+    from tuning.search import open_study
 
     db = f"sqlite:///{prepared.path(f'pruning-{pruner}.db')}"
     prepared.set_params(tune={**QUICK_TUNE_AGAIN, "pruner": pruner})
@@ -146,7 +146,7 @@ def test_a_time_budget_stops_the_search_before_its_trial_budget(prepared: Projec
 
 
 def test_a_search_space_naming_no_setting_is_refused_with_the_key(prepared: Project) -> None:
-    from models.tune import check_space
+    from tuning.search import check_space
 
     params = Params.model_validate(
         {
@@ -196,7 +196,7 @@ def test_cross_validated_trials_are_scored_by_the_mean_over_folds(prepared: Proj
 
 
 def test_a_search_before_prepare_says_what_to_run(project: Project) -> None:
-    result = project.run(sys.executable, "-m", "models.tune", check=False)
+    result = project.run(sys.executable, "-m", "tuning.search", check=False)
     assert result.returncode == 1
     assert "data/prepared/train.parquet, data/prepared/val.parquet not found" in result.output
     assert "run `dvc repro prepare` first" in result.output
@@ -227,7 +227,7 @@ def test_kfold_keeps_groups_apart_and_is_refused_on_time_split_data() -> None:
 def test_cross_validation_reports_every_fold_with_mean_and_spread(prepared: Project) -> None:
     prepared.set_params(cv={"method": "rolling", "folds": 3}, train={**FAST_TRAIN, "epochs": 3})
     try:
-        prepared.run(sys.executable, "-m", "models.crossval")
+        prepared.run(sys.executable, "-m", "tuning.crossval")
     finally:
         prepared.set_params(train={**FAST_TRAIN, "epochs": 40})
     report = json.loads(prepared.path("reports/cv/metrics.json").read_text())
@@ -266,16 +266,16 @@ def test_the_tuning_flow_carries_the_best_ensemble_through_train_export_and_the_
 
     # one ONNX graph equal to the mean of the members run separately in PyTorch
     from loopline import runtime
-    from models.export import onnx_session
-    from models.inference import load_model, predict
+    from models.export import load_exported
     from models.network import EnsembleNet
+    from models.torch_predict import load_model, predict
 
     ensemble, schema = load_model(project.path("artifacts/model"))
     assert isinstance(ensemble, EnsembleNet) and len(ensemble.members) == 2
     rows = project.read_parquet("data/prepared/test.parquet")
     members = np.stack([predict(member, rows, schema) for member in ensemble.members])
     assert not np.allclose(members[0], members[1])
-    onnx = runtime.predict_frame(onnx_session(project.path("artifacts/onnx/model.onnx")), rows, schema)
+    onnx = runtime.predict_frame(load_exported(project.path("artifacts/onnx/model.onnx")), rows, schema)
     np.testing.assert_allclose(onnx, members.mean(axis=0), rtol=1e-5, atol=1e-3)
     with torch.no_grad():
         assert np.allclose(predict(ensemble, rows, schema), members.mean(axis=0), rtol=1e-6)

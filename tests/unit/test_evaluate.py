@@ -9,7 +9,7 @@ from loopline.config import EvaluateParams
 from loopline.metrics import CLASSIFICATION_METRICS
 from models.baselines import fit_baselines
 from models.evaluate import evaluate, plot_evaluation
-from models.inference import predict
+from models.torch_predict import predict
 from toy import model_for, toy_data, trained_model_for
 
 

@@ -12,7 +12,7 @@ from loopline.config import EvaluateParams, GateParams, load_params
 from loopline.errors import ConfigError
 from models.baselines import fit_baselines
 from models.evaluate import evaluate
-from models.inference import predict
+from models.torch_predict import predict
 from release.gate import Evidence, judge
 from toy import toy_data, trained_model_for
 

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import REPO
 
-PROJECT_PACKAGES = ("loopline", "dataprep", "models", "serving", "monitoring", "flows")
+PROJECT_PACKAGES = ("loopline", "dataprep", "models", "tuning", "release", "serving", "monitoring", "flows")
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 

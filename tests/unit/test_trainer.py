@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from loopline.config import TrainParams
-from models.inference import predict
+from models.torch_predict import predict
 from models.trainer import (
     Batch,
     TrainingDiverged,

@@ -1,4 +1,5 @@
-"""Load a trained model from its directory and predict on raw rows."""
+"""PyTorch's side of prediction: load a trained model from its directory and predict on raw rows (ONNX
+Runtime's side, for the exported file, is loopline/runtime.py)."""
 
 from __future__ import annotations
 

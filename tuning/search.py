@@ -1,6 +1,6 @@
 """`tune`: hyperparameter search with Optuna over the train stage's own recipe.
 
-    python -m models.tune [--trials 20] [--timeout-minutes 30] [--workers 2]
+    python -m tuning.search [--trials 20] [--timeout-minutes 30] [--workers 2]
 
 The search space, sampler (TPE, random, grid), pruner (median, successive halving) and budget are in
 params.yaml `tune:`. Each trial trains the network the way `train` does (same data, seed, loop, early
@@ -12,8 +12,8 @@ median of earlier ones at the same epoch.
 The study lives in an Optuna storage: the SQLite file .state/tune/study.db by default, or any database
 URL in tune.storage / $LOOPLINE_TUNE_STORAGE, which lets workers on several machines share a study:
 
-    python -m models.tune --worker --storage postgresql+psycopg2://... --study bike-search --trials 10   # each machine
-    python -m models.tune --report --storage postgresql+psycopg2://... --study bike-search                # once, at the end
+    python -m tuning.search --worker --storage postgresql+psycopg2://... --study bike-search --trials 10   # each machine
+    python -m tuning.search --report --storage postgresql+psycopg2://... --study bike-search                # once, at the end
 
 Every trial is recorded: in the study (params, value, per-epoch losses, state) and as a DVCLive folder
 reports/tune/<study>/trials/<number>/ (params, per-epoch losses, validation metrics). The report writes
@@ -44,16 +44,16 @@ import optuna
 import yaml
 
 from loopline.atomic import write_json
-from loopline.config import Params, SearchDimension, TuneParams, load_params, with_overrides
+from loopline.config import Params, SearchDimension, TuneParams, load_params, locate, with_overrides
 from loopline.errors import ConfigError, LooplineError
 from loopline.features import encode_target
 from loopline.metrics import task_metrics
 from loopline.paths import ProjectPaths
 from loopline.settings import Settings, variable
-from models.crossval import cross_validate
-from models.inference import predict
+from models.torch_predict import predict
 from models.train import PreparedSplits, fit, load_prepared
 from models.trainer import TrainingDiverged
+from tuning.crossval import cross_validate
 
 log = logging.getLogger(__name__)
 NOT_SET = object()
@@ -111,19 +111,17 @@ def grid_space(space: dict[str, SearchDimension]) -> dict[str, list[Any]]:
 
 
 def _dotted(params: Params, key: str) -> Any:
-    node: Any = params.model_dump(by_alias=True)
-    for name in key.split("."):
-        if not isinstance(node, dict) or name not in node:
-            raise ConfigError(f"params.yaml tune.space: {key!r} names no setting")
-        node = node[name]
-    return node
+    node, name = locate(params.model_dump(by_alias=True), key, "params.yaml tune.space")
+    if name not in node:
+        raise ConfigError(f"params.yaml tune.space: {key!r} names no setting")
+    return node[name]
 
 
-def check_space(base: Params, cfg: TuneParams) -> None:
+def check_space(base: Params, tune_params: TuneParams) -> None:
     """Every dimension names a real setting, and each end of each range is a valid value for it."""
-    if not cfg.space:
+    if not tune_params.space:
         raise ConfigError("params.yaml tune.space is empty: list the train.* settings to search")
-    for key, dim in cfg.space.items():
+    for key, dim in tune_params.space.items():
         _dotted(base, key)
         for value in dim.choices or [dim.low, dim.high]:
             if dim.int_ and dim.choices is None:
@@ -131,11 +129,11 @@ def check_space(base: Params, cfg: TuneParams) -> None:
             with_overrides(base, {key: value}, f"params.yaml tune.space.{key}")
 
 
-def current_point(base: Params, cfg: TuneParams) -> dict[str, Any]:
+def current_point(base: Params, tune_params: TuneParams) -> dict[str, Any]:
     """params.yaml's own values for the space, where they lie inside it (Optuna's encoding)."""
     point: dict[str, Any] = {}
     chosen: dict[str, Any] = {}
-    for key, dim in cfg.space.items():
+    for key, dim in tune_params.space.items():
         if not active(dim, chosen):
             continue
         value = _dotted(base, key)
@@ -151,8 +149,8 @@ def current_point(base: Params, cfg: TuneParams) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- study settings
-def storage_url(paths: ProjectPaths, cfg: TuneParams) -> str:
-    url = Settings.from_env().tune_storage or cfg.storage
+def storage_url(paths: ProjectPaths, tune_params: TuneParams) -> str:
+    url = Settings.from_env().tune_storage or tune_params.storage
     if url:
         return url
     paths.tune_storage.parent.mkdir(parents=True, exist_ok=True)
@@ -183,9 +181,10 @@ def study_name(paths: ProjectPaths, params: Params) -> str:
     digest = hashlib.sha256()
     for split in ("train", "val"):
         digest.update(paths.split(split).read_bytes())
-    cfg = params.tune.model_dump(mode="json", by_alias=True)
+    tune_params = params.tune.model_dump(mode="json", by_alias=True)
     scored = {
-        k: cfg[k] for k in ("sampler", "pruner", "epochs", "space", "cross_validate", "startup_trials", "warmup_epochs")
+        k: tune_params[k]
+        for k in ("sampler", "pruner", "epochs", "space", "cross_validate", "startup_trials", "warmup_epochs")
     }
     digest.update(
         json.dumps(
@@ -201,25 +200,27 @@ def study_name(paths: ProjectPaths, params: Params) -> str:
     return f"{params.data.source}-{digest.hexdigest()[:10]}"
 
 
-def make_sampler(cfg: TuneParams, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(tune_params: TuneParams, seed: int) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if cfg.sampler == "random":
+        if tune_params.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-        if cfg.sampler == "grid":
-            return optuna.samplers.GridSampler(grid_space(cfg.space), seed=seed)
+        if tune_params.sampler == "grid":
+            return optuna.samplers.GridSampler(grid_space(tune_params.space), seed=seed)
         # multivariate + group: TPE models parameters jointly and handles conditional ones; constant_liar
         # keeps parallel workers from proposing the same point while their trials run.
         return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=cfg.startup_trials, multivariate=True, group=True, constant_liar=True
+            seed=seed, n_startup_trials=tune_params.startup_trials, multivariate=True, group=True, constant_liar=True
         )
 
 
-def make_pruner(cfg: TuneParams) -> optuna.pruners.BasePruner:
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs)
-    if cfg.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, cfg.warmup_epochs))
+def make_pruner(tune_params: TuneParams) -> optuna.pruners.BasePruner:
+    if tune_params.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=tune_params.startup_trials, n_warmup_steps=tune_params.warmup_epochs
+        )
+    if tune_params.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, tune_params.warmup_epochs))
     return optuna.pruners.NopPruner()
 
 
@@ -239,10 +240,10 @@ def open_study(
 
 
 # ------------------------------------------------------------------------------------------ a trial
-def trial_params(base: Params, cfg: TuneParams, chosen: dict[str, Any], number: int) -> Params:
+def trial_params(base: Params, tune_params: TuneParams, chosen: dict[str, Any], number: int) -> Params:
     overrides = dict(chosen)
-    if cfg.epochs is not None:
-        overrides["train.epochs"] = cfg.epochs
+    if tune_params.epochs is not None:
+        overrides["train.epochs"] = tune_params.epochs
     return with_overrides(base, overrides, f"trial {number}")
 
 
@@ -251,13 +252,13 @@ class Objective:
 
     def __init__(self, paths: ProjectPaths, base: Params, data: PreparedSplits, study: str) -> None:
         self.paths, self.base, self.data, self.study = paths, base, data, study
-        self.cfg = base.tune
+        self.tune_params = base.tune
 
     def __call__(self, trial: optuna.Trial) -> float:
-        chosen = suggest(trial, self.cfg.space)
+        chosen = suggest(trial, self.tune_params.space)
         trial.set_user_attr("overrides", chosen)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        params = trial_params(self.base, self.cfg, chosen, trial.number)
+        params = trial_params(self.base, self.tune_params, chosen, trial.number)
         history: list[dict[str, float]] = []
         metrics: dict[str, float] = {}
         state, value = "failed", None
@@ -275,7 +276,7 @@ class Objective:
                 raise optuna.TrialPruned(f"fold {fold}: mean val loss {mean_loss:.5g}")
 
         try:
-            if self.cfg.cross_validate:
+            if self.tune_params.cross_validate:
                 report = cross_validate(self.data, params, on_fold=on_fold)
                 value = report.mean["best_val_loss"]
                 metrics = {k: v for k, v in report.mean.items() if k != "best_val_loss"}
@@ -421,17 +422,17 @@ def tune(
     the report and tuned.yaml."""
     paths = paths or ProjectPaths.here()
     base = load_params(paths.params)
-    cfg = base.tune
-    check_space(base, cfg)
-    n_trials = n_trials if n_trials is not None else cfg.n_trials
-    timeout_minutes = timeout_minutes if timeout_minutes is not None else cfg.timeout_minutes
+    tune_params = base.tune
+    check_space(base, tune_params)
+    n_trials = n_trials if n_trials is not None else tune_params.n_trials
+    timeout_minutes = timeout_minutes if timeout_minutes is not None else tune_params.timeout_minutes
     if n_trials is None and timeout_minutes is None:
         raise ConfigError("params.yaml tune: set n_trials or timeout_minutes (or both); the search needs a budget")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     require_prepared(paths)
     name = name or study_name(paths, base)
-    storage = storage or storage_url(paths, cfg)
+    storage = storage or storage_url(paths, tune_params)
     started = time.perf_counter()
     quiet_training_logs()
     study = open_study(paths, base, name=name, storage=storage)
@@ -444,7 +445,7 @@ def tune(
         f" for at most {timeout_minutes:g} min" if timeout_minutes else "",
         workers,
     )
-    point = current_point(base, cfg) if cfg.start_from_current and not study.trials else {}
+    point = current_point(base, tune_params) if tune_params.start_from_current and not study.trials else {}
     if point:
         study.enqueue_trial(point, user_attrs={"from": "params.yaml"})
         if workers > 1:
@@ -481,7 +482,7 @@ def run_workers(
         cmd = [
             sys.executable,
             "-m",
-            "models.tune",
+            "tuning.search",
             "--worker",
             "--study",
             name,
@@ -518,9 +519,9 @@ def report(
 ) -> TuneSummary:
     """Summary, trials table and plots under reports/tune/<study>/, and the best settings to tuned.yaml."""
     base = load_params(paths.params)
-    cfg = base.tune
+    tune_params = base.tune
     name = name or study_name(paths, base)
-    storage = storage or storage_url(paths, cfg)
+    storage = storage or storage_url(paths, tune_params)
     study = optuna.load_study(study_name=name, storage=open_storage(storage))
     states = {s.name.lower(): sum(1 for t in study.trials if t.state == s) for s in optuna.trial.TrialState}
     complete = sorted(
@@ -534,17 +535,17 @@ def report(
     if not complete:
         raise TuningError(f"study {name}: no trial completed ({states}); tuned.yaml was left as it was")
     best = complete[0]
-    members = complete[: cfg.ensemble.top_k] if cfg.ensemble.top_k > 1 else []
-    if cfg.ensemble.top_k > 1 and len(members) < cfg.ensemble.top_k:
+    members = complete[: tune_params.ensemble.top_k] if tune_params.ensemble.top_k > 1 else []
+    if tune_params.ensemble.top_k > 1 and len(members) < tune_params.ensemble.top_k:
         raise TuningError(
-            f"study {name}: tune.ensemble.top_k is {cfg.ensemble.top_k} but only {len(members)} "
+            f"study {name}: tune.ensemble.top_k is {tune_params.ensemble.top_k} but only {len(members)} "
             "trial(s) completed; tuned.yaml was left as it was"
         )
     summary = TuneSummary(
         study=name,
         storage=_safe_url(storage),
-        sampler=cfg.sampler,
-        pruner=cfg.pruner,
+        sampler=tune_params.sampler,
+        pruner=tune_params.pruner,
         trials={k: v for k, v in states.items() if v},
         best_trial=best.number,
         best_value=float(best.value),
@@ -586,7 +587,7 @@ def write_tuned(path: Path, summary: TuneSummary, ensemble: list[dict[str, Any]]
         content["study"]["ensemble_trials"] = summary.ensemble_trials
         content["ensemble"] = ensemble
     header = (
-        "# Written by `python -m models.tune`: the search's best settings as overrides of params.yaml,\n"
+        "# Written by `python -m tuning.search`: the search's best settings as overrides of params.yaml,\n"
         "# applied by the train stage and recorded with the model. Replace with {} to train on params.yaml alone.\n"
     )
     tmp = path.with_name(f".{path.name}.tmp")

@@ -8,7 +8,7 @@
 
 Each fold refits the preprocessing statistics (normalisation, vocabularies, target scale) on its own
 training rows. `cross_validate` is used by the tuner (tune.cross_validate) and by `python -m
-models.crossval`, which reports every fold's metrics with their mean and spread under reports/cv/.
+tuning.crossval`, which reports every fold's metrics with their mean and spread under reports/cv/.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from loopline.features import encode_target
 from loopline.metrics import task_metrics
 from loopline.paths import ProjectPaths
 from loopline.stage import run_stage
-from models.inference import predict
+from models.torch_predict import predict
 from models.train import PreparedSplits, fit, load_prepared
 
 log = logging.getLogger(__name__)

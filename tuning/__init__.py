@@ -1,0 +1,1 @@
+"""Hyperparameter search (`search`, Optuna) and cross-validation (`crossval`) over the training recipe."""
