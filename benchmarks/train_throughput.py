@@ -62,13 +62,13 @@ def worker(contender: str, project: Path, epochs: int, device_name: str, precisi
 
     paths = ProjectPaths(project)
     params = load_params(paths.params)
-    train_params = params.train.model_copy(update={"epochs": epochs, "patience": epochs + 1, "precision": precision})
-    seed_everything(params.seed, train_params.deterministic)
+    recipe = params.train.model_copy(update={"epochs": epochs, "patience": epochs + 1, "precision": precision})
+    seed_everything(params.seed, recipe.deterministic)
     device = torch.device(device_name)
     data = load_prepared(paths)
     train, val = data.batch("train"), data.batch("val")
     model = build_model(data, params)
-    lr = train_params.lr if isinstance(train_params.lr, float) else 3e-4
+    lr = recipe.lr if isinstance(recipe.lr, float) else 3e-4
     rows = len(train) * epochs
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -82,22 +82,22 @@ def worker(contender: str, project: Path, epochs: int, device_name: str, precisi
         start = time.perf_counter()
         model.to(device)
         train_d, val_d = train.to(device), val.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_params.weight_decay)
-        steps = len(epoch_batches(len(train_d), train_params.batch_size, params.seed, 0)) * epochs
-        scheduler = make_scheduler(optimizer, train_params, lr, steps)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+        steps = len(epoch_batches(len(train_d), recipe.batch_size, params.seed, 0)) * epochs
+        scheduler = make_scheduler(optimizer, recipe, lr, steps)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         model.train()
         for epoch in range(epochs):
-            for index in epoch_batches(len(train_d), train_params.batch_size, params.seed, epoch):
+            for index in epoch_batches(len(train_d), recipe.batch_size, params.seed, epoch):
                 batch = train_d.take(index.to(device))
                 with autocast(device, precision):
                     logits = model.logits(batch.numeric, batch.categorical)
                 loss = model.loss(logits, batch.target)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                if train_params.grad_clip_norm is not None:
+                if recipe.grad_clip_norm is not None:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_params.grad_clip_norm)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -107,12 +107,12 @@ def worker(contender: str, project: Path, epochs: int, device_name: str, precisi
     elif contender == "loopline":
         checkpoint = Path(tempfile.mkdtemp(prefix="loopline-bench-ckpt-")) / "train.pt"
         start = time.perf_counter()
-        train_model(model, train, val, train_params, seed=params.seed, lr=lr, device=device, checkpoint=checkpoint)
+        train_model(model, train, val, recipe, seed=params.seed, lr=lr, device=device, checkpoint=checkpoint)
         sync()
         seconds = time.perf_counter() - start
         shutil.rmtree(checkpoint.parent, ignore_errors=True)
     else:
-        seconds = _lightning_fit(model, train, val, train_params, params.seed, lr, device, precision, epochs)
+        seconds = _lightning_fit(model, train, val, recipe, params.seed, lr, device, precision, epochs)
 
     out = {
         "contender": contender,
@@ -127,7 +127,7 @@ def worker(contender: str, project: Path, epochs: int, device_name: str, precisi
     return out
 
 
-def _lightning_fit(model, train, val, train_params, seed: int, lr: float, device, precision: str, epochs: int) -> float:
+def _lightning_fit(model, train, val, recipe, seed: int, lr: float, device, precision: str, epochs: int) -> float:
     import lightning as L
     import torch
     from torch.utils.data import DataLoader, Sampler
@@ -144,11 +144,11 @@ def _lightning_fit(model, train, val, train_params, seed: int, lr: float, device
             if not self.shuffle:
                 yield from torch.arange(self.n).split(8192)
                 return
-            yield from epoch_batches(self.n, train_params.batch_size, seed, self.epoch)
+            yield from epoch_batches(self.n, recipe.batch_size, seed, self.epoch)
             self.epoch += 1
 
         def __len__(self) -> int:
-            return -(-self.n // (train_params.batch_size if self.shuffle else 8192))
+            return -(-self.n // (recipe.batch_size if self.shuffle else 8192))
 
     class Indices(torch.utils.data.Dataset):
         def __init__(self, n: int) -> None:
@@ -179,11 +179,11 @@ def _lightning_fit(model, train, val, train_params, seed: int, lr: float, device
             self.log("val_loss", self.net.loss(self.net.logits(batch.numeric, batch.categorical), batch.target))
 
         def configure_optimizers(self):
-            optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=train_params.weight_decay)
+            optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=recipe.weight_decay)
             steps = len(EpochBatches(len(train), True)) * epochs
             return {
                 "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": make_scheduler(optimizer, train_params, lr, steps), "interval": "step"},
+                "lr_scheduler": {"scheduler": make_scheduler(optimizer, recipe, lr, steps), "interval": "step"},
             }
 
     loaders = [
@@ -196,13 +196,13 @@ def _lightning_fit(model, train, val, train_params, seed: int, lr: float, device
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
         precision=lightning_precision,
-        gradient_clip_val=train_params.grad_clip_norm,
+        gradient_clip_val=recipe.grad_clip_norm,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        deterministic=train_params.deterministic,
+        deterministic=recipe.deterministic,
     )
     start = time.perf_counter()
     trainer.fit(Module(), *loaders)

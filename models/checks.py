@@ -132,10 +132,10 @@ def check_overfit_one_batch(model: TabularNet, data: Batch, limits: ChecksParams
     )
 
 
-def _train_briefly(model: TabularNet, train: Batch, params: TrainParams, steps: int, seed: int) -> None:
-    optimizer = make_optimizer(model, params, lr=1e-3)
+def _train_briefly(model: TabularNet, train: Batch, recipe: TrainParams, steps: int, seed: int) -> None:
+    optimizer = make_optimizer(model, recipe, lr=1e-3)
     model.train()
-    batches = iterate_forever(lambda epoch: epoch_batches(len(train), params.batch_size, seed, epoch))
+    batches = iterate_forever(lambda epoch: epoch_batches(len(train), recipe.batch_size, seed, epoch))
     for _, index in zip(range(steps), batches):
         batch = train.take(index)
         loss = model.loss(model.logits(batch.numeric, batch.categorical), batch.target)
@@ -145,15 +145,15 @@ def _train_briefly(model: TabularNet, train: Batch, params: TrainParams, steps: 
 
 
 def check_input_independent_baseline(
-    model: TabularNet, train: Batch, val: Batch, params: TrainParams, seed: int
+    model: TabularNet, train: Batch, val: Batch, recipe: TrainParams, seed: int
 ) -> CheckResult:
-    limits = params.checks
+    limits = recipe.checks
     real, blind = copy.deepcopy(model), copy.deepcopy(model)
     blind.zero_inputs = True
     torch.manual_seed(seed)
-    _train_briefly(real, train, params, limits.baseline_steps, seed)
+    _train_briefly(real, train, recipe, limits.baseline_steps, seed)
     torch.manual_seed(seed)
-    _train_briefly(blind, train, params, limits.baseline_steps, seed)
+    _train_briefly(blind, train, recipe, limits.baseline_steps, seed)
     rows = val.take(torch.arange(min(len(val), 16384)))
     real_loss = evaluate_loss(real, rows, torch.device("cpu"), "fp32")
     blind_loss = evaluate_loss(blind, rows, torch.device("cpu"), "fp32")
@@ -210,17 +210,17 @@ def check_gradients(model: TabularNet, data: Batch) -> CheckResult:
     return CheckResult("gradients", passed, float(len(problems)), "no problems", detail)
 
 
-def run_recipe_checks(model: TabularNet, train: Batch, val: Batch, params: TrainParams, seed: int) -> list[CheckResult]:
+def run_recipe_checks(model: TabularNet, train: Batch, val: Batch, recipe: TrainParams, seed: int) -> list[CheckResult]:
     """Run every check (on CPU) not named in train.checks.skip; raise on the first set of failures."""
     checks: dict[str, Callable[[], CheckResult]] = {
-        "loss_at_init": lambda: check_loss_at_init(model, train, params.checks),
-        "overfit_one_batch": lambda: check_overfit_one_batch(model, train, params.checks),
-        "input_independent_baseline": lambda: check_input_independent_baseline(model, train, val, params, seed),
+        "loss_at_init": lambda: check_loss_at_init(model, train, recipe.checks),
+        "overfit_one_batch": lambda: check_overfit_one_batch(model, train, recipe.checks),
+        "input_independent_baseline": lambda: check_input_independent_baseline(model, train, val, recipe, seed),
         "gradients": lambda: check_gradients(model, train),
     }
     results = []
     for name, run in checks.items():
-        if name in params.checks.skip:
+        if name in recipe.checks.skip:
             result = CheckResult(name, True, None, "", "skipped", skipped=True)
         else:
             result = run()

@@ -29,13 +29,13 @@ class LRRangeResult:
         return {"suggested_lr": self.suggested_lr, "lrs": self.lrs, "losses": self.losses, "smoothed": self.smoothed}
 
 
-def lr_range_test(model: TabularNet, train: Batch, params: TrainParams, seed: int) -> LRRangeResult:
-    sweep = params.lr_range
+def lr_range_test(model: TabularNet, train: Batch, recipe: TrainParams, seed: int) -> LRRangeResult:
+    sweep = recipe.lr_range
     probe = copy.deepcopy(model)
     probe.train()
-    optimizer = make_optimizer(probe, params, lr=sweep.min_lr)
+    optimizer = make_optimizer(probe, recipe, lr=sweep.min_lr)
     ratio = (sweep.max_lr / sweep.min_lr) ** (1 / (sweep.steps - 1))
-    batches = iterate_forever(lambda epoch: epoch_batches(len(train), params.batch_size, seed + 7, epoch))
+    batches = iterate_forever(lambda epoch: epoch_batches(len(train), recipe.batch_size, seed + 7, epoch))
     result = LRRangeResult()
     avg, best = 0.0, math.inf
     for step, index in zip(range(sweep.steps), batches):

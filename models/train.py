@@ -142,8 +142,8 @@ def fit(
 
     Recipe checks raise on failure (RecipeCheckError); the LR range test runs when `find_lr` or when
     train.lr is 'auto'. `on_epoch` sees every epoch's losses (the tuner's pruning hook)."""
-    train_params = params.train
-    seed_everything(params.seed, train_params.deterministic)
+    recipe = params.train
+    seed_everything(params.seed, recipe.deterministic)
     train, val = data.batch("train"), data.batch("val")
     model = build_model(data, params)
     done = completed_preamble(checkpoint, fingerprint)
@@ -153,21 +153,19 @@ def fit(
     else:
         checks = []
         if run_checks:
-            checks = run_recipe_checks(model, train, val, train_params, params.seed)
+            checks = run_recipe_checks(model, train, val, recipe, params.seed)
             raise_on_failures(checks)
-        lr_range = (
-            lr_range_test(model, train, train_params, params.seed) if find_lr or train_params.lr == "auto" else None
-        )
+        lr_range = lr_range_test(model, train, recipe, params.seed) if find_lr or recipe.lr == "auto" else None
         if checkpoint is not None and rank == 0:
             save_preamble(checkpoint, fingerprint, checks, lr_range)
-    lr = lr_range.suggested_lr if train_params.lr == "auto" else float(train_params.lr)
-    device = resolve_device(train_params.device)
+    lr = lr_range.suggested_lr if recipe.lr == "auto" else float(recipe.lr)
+    device = resolve_device(recipe.device)
     torch.manual_seed(params.seed + 1)  # training's own random stream, whichever checks ran before
     result = train_model(
         model,
         train,
         val,
-        train_params,
+        recipe,
         seed=params.seed,
         lr=lr,
         device=device,

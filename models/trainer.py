@@ -140,27 +140,27 @@ def autocast(device: torch.device, precision: str):
 
 
 # ------------------------------------------------------------------------------ optimiser, schedule
-def make_optimizer(model: nn.Module, params: TrainParams, lr: float) -> torch.optim.Optimizer:
-    if params.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=params.weight_decay)
+def make_optimizer(model: nn.Module, recipe: TrainParams, lr: float) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams, lr: float, total_steps: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainParams, lr: float, total_steps: int):
     from torch.optim import lr_scheduler
 
-    if params.schedule == "one_cycle":
+    if recipe.schedule == "one_cycle":
         return lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
-    if params.schedule == "cyclic":
+    if recipe.schedule == "cyclic":
         return lr_scheduler.CyclicLR(
             optimizer,
             base_lr=lr / 10,
             max_lr=lr,
             step_size_up=max(1, total_steps // 8),
-            cycle_momentum=params.optimizer == "sgd",
+            cycle_momentum=recipe.optimizer == "sgd",
         )
-    if params.schedule == "warmup_cosine":
-        warmup = max(1, int(params.warmup_fraction * total_steps))
+    if recipe.schedule == "warmup_cosine":
+        warmup = max(1, int(recipe.warmup_fraction * total_steps))
         return lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total_steps))
     return lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
@@ -309,16 +309,16 @@ def _resume(checkpoint: Path | None, fingerprint: str, opt: _Optimisation, state
     log.info("resumed from %s at epoch %d, batch %d", checkpoint, state.epoch, state.batch_in_epoch)
 
 
-def _step(opt: _Optimisation, batch: Batch, params: TrainParams, device: torch.device, precision: str) -> torch.Tensor:
+def _step(opt: _Optimisation, batch: Batch, recipe: TrainParams, device: torch.device, precision: str) -> torch.Tensor:
     """One optimisation step on a batch; its loss."""
     with autocast(device, precision):
         logits = opt.step_model(batch.numeric, batch.categorical)
     loss = opt.model.loss(logits, batch.target, batch.weight)
     opt.optimizer.zero_grad(set_to_none=True)
     opt.scaler.scale(loss).backward()
-    if params.grad_clip_norm is not None:
+    if recipe.grad_clip_norm is not None:
         opt.scaler.unscale_(opt.optimizer)
-        nn.utils.clip_grad_norm_(opt.model.parameters(), params.grad_clip_norm)
+        nn.utils.clip_grad_norm_(opt.model.parameters(), recipe.grad_clip_norm)
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()
     opt.scheduler.step()
@@ -364,7 +364,7 @@ def train_model(
     model: TabularNet,
     train: Batch,
     val: Batch,
-    params: TrainParams,
+    recipe: TrainParams,
     *,
     seed: int,
     lr: float,
@@ -377,7 +377,7 @@ def train_model(
 ) -> TrainResult:
     """Train in place and restore the best epoch's weights. `on_epoch` sees each epoch's record (epoch,
     train_loss, val_loss, lr, step) once it is final; what it raises ends the run (a pruned trial)."""
-    precision = resolve_precision(params.precision, device)
+    precision = resolve_precision(recipe.precision, device)
     model.to(device)
     train, val = train.to(device), val.to(device)
     step_model: nn.Module = _Logits(model)
@@ -385,14 +385,14 @@ def train_model(
         step_model = nn.parallel.DistributedDataParallel(
             step_model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    steps_per_epoch = len(epoch_batches(len(train), params.batch_size, seed, 0, rank, world))
-    total_steps = steps_per_epoch * params.epochs
-    optimizer = make_optimizer(model, params, lr)
+    steps_per_epoch = len(epoch_batches(len(train), recipe.batch_size, seed, 0, rank, world))
+    total_steps = steps_per_epoch * recipe.epochs
+    optimizer = make_optimizer(model, recipe, lr)
     opt = _Optimisation(
         model,
         step_model,
         optimizer,
-        make_scheduler(optimizer, params, lr, total_steps),
+        make_scheduler(optimizer, recipe, lr, total_steps),
         torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
     )
     state = TrainState(TrainResult(), copy.deepcopy(model.state_dict()))
@@ -406,20 +406,20 @@ def train_model(
     progress = _Progress(total_steps, enabled=rank == 0 and sys.stderr.isatty(), initial=result.steps)
     timer_rows, timer_start = 0, _now(device)
     model.train()
-    for epoch in range(state.epoch, params.epochs):
+    for epoch in range(state.epoch, recipe.epochs):
         state.epoch, skip = epoch, state.batch_in_epoch
-        for batch_in_epoch, index in enumerate(epoch_batches(len(train), params.batch_size, seed, epoch, rank, world)):
+        for batch_in_epoch, index in enumerate(epoch_batches(len(train), recipe.batch_size, seed, epoch, rank, world)):
             if batch_in_epoch < skip:
                 continue
             batch = train.take(index.to(device))
-            loss = _step(opt, batch, params, device, precision)
+            loss = _step(opt, batch, recipe, device, precision)
             result.steps += 1
             # On CUDA, summing on the device avoids a host sync every step.
             state.epoch_loss_sum += loss.detach() * len(batch) if device.type == "cuda" else loss.item() * len(batch)
             state.epoch_rows += len(batch)
             timer_rows += len(batch)
             progress.update(loss.item() if progress.enabled else None)
-            if result.steps % params.checkpoint_every_steps == 0:
+            if result.steps % recipe.checkpoint_every_steps == 0:
                 state.batch_in_epoch = batch_in_epoch + 1
                 snapshot()
 
@@ -428,7 +428,7 @@ def train_model(
         snapshot()
         if on_epoch is not None:
             on_epoch(record)
-        if state.bad_epochs >= params.patience:
+        if state.bad_epochs >= recipe.patience:
             result.stopped_early = True
             log.info(
                 "early stopping: no improvement for %d epochs; restoring epoch %d", state.bad_epochs, result.best_epoch
@@ -439,7 +439,7 @@ def train_model(
     result.samples_per_second = timer_rows / elapsed if elapsed > 0 else 0.0
     progress.close()
     model.load_state_dict(state.best_state)
-    state.epoch, state.batch_in_epoch = params.epochs, 0
+    state.epoch, state.batch_in_epoch = recipe.epochs, 0
     snapshot(finished=True)
     return result
 
