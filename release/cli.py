@@ -1,6 +1,6 @@
 """`loopline`: the user's jobs, and the models in the registry.
 
-    loopline train [--as-of DATE]     the training flow: the DVC stages, the gate, promotion, emails
+    loopline train [--as-of DATE]     the training flow: harvest, the DVC stages, a recorded commit, the gate, promotion
     loopline monitor [--hours H]      the monitoring flow: check the served traffic, alert, retrain
     loopline harvest                  labelled served records become a DVC-tracked batch for ingest
     loopline tune [--trials N]        hyperparameter search (tune: in params.yaml); writes tuned.yaml
@@ -126,7 +126,10 @@ def cmd_verify(args: argparse.Namespace, paths: ProjectPaths) -> int:
 
 
 JOBS = {
-    "train": (["-m", "flows.training"], "the training flow: the DVC stages, the gate, promotion, emails"),
+    "train": (
+        ["-m", "flows.training"],
+        "the training flow: harvest, the DVC stages, a recorded commit, the gate, promotion",
+    ),
     "monitor": (["-m", "flows.monitor"], "the monitoring flow: check the served traffic, alert, retrain"),
     "harvest": (["-m", "dataprep.harvest"], "labelled served records become a DVC-tracked batch for ingest"),
     "tune": (["-m", "tuning.search"], "hyperparameter search (tune: in params.yaml); writes tuned.yaml"),
