@@ -116,13 +116,13 @@ def gate_and_promote(
 
 
 @task(task_run_name="open the retraining worktree")
-def worktree_task(project: ProjectPaths) -> ProjectPaths:
+def worktree_task(project: ProjectPaths, in_place: bool = False) -> ProjectPaths:
     """Where this run happens: a clean worktree on retrain.branch, or the project itself."""
     from loopline.config import load_params
     from loopline.gitrecord import is_git_repo, open_worktree
 
     params = load_params(project.params)
-    if params.retrain.record == "off" or not is_git_repo(project.root):
+    if in_place or params.retrain.record == "off" or not is_git_repo(project.root):
         return project
     work = open_worktree(project, params.retrain.branch)
     # The served traffic and its labels stay the project's, wherever the run happens.
@@ -198,12 +198,15 @@ def _alert_failure(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 @flow(name="training", log_prints=True, on_failure=[_alert_failure], persist_result=True)
-def training(as_of: str | None = None, keep_as_of: bool = True, harvest: bool = True) -> dict[str, Any]:
+def training(
+    as_of: str | None = None, keep_as_of: bool = True, harvest: bool = True, in_place: bool = False
+) -> dict[str, Any]:
     """Harvest, run the pipeline (DVC decides what reruns), record it, then the gate; promote a candidate
-    that passes."""
+    that passes. `in_place`: in the project directory as it is, whatever retrain.record says (the
+    tuning flow trains on the tuned.yaml it just wrote there)."""
     project = ProjectPaths.here()
     use_project_state(project)
-    work = worktree_task(project)
+    work = worktree_task(project, in_place)
     harvested = harvest_task(work) if harvest else None
     if not keep_as_of or as_of is not None:
         set_as_of(work, as_of)

@@ -4,7 +4,8 @@
 
 `ingest` and `prepare` run first (the search reads data/prepared), then `tuning.search` with params.yaml's
 `tune:` settings and this run's budget; it writes tuned.yaml. Unless told not to, the `training` flow
-follows as a subflow: `train` applies tuned.yaml, and the candidate faces the gate like any other.
+follows as a subflow in this directory (not in a retraining worktree: tuned.yaml is not committed yet):
+`train` applies tuned.yaml, and the candidate faces the gate like any other.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def tuning(
     summary = search(str(paths.root), n_trials, timeout_minutes, workers)
     create_markdown_artifact(search_markdown(summary), key="tuning-report", description=f"study {summary['study']}")
     print(f"best trial {summary['best_trial']}: validation loss {summary['best_value']:.5g}")
-    outcome = training() if train else None
+    outcome = training(in_place=True) if train else None  # on the tuned.yaml just written here
     return {"search": summary, "training": outcome}
 
 
