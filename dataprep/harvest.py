@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,12 +40,12 @@ from dataprep.validate import HARVEST_PROVENANCE, quarantine_invalid_rows
 from loopline.config import Params
 from loopline.paths import ProjectPaths
 from loopline.schema import FeatureSchema, Kind
+from serving.request_log import log_files, plain_values, read_log_files, written_at
 
 log = logging.getLogger(__name__)
 
 BATCH_PREFIX = "harvest-"
 KEY = ["request_id", "record"]
-_PART_TIME = re.compile(r"part-(\d{8}T\d{6})\d*-")
 
 
 @dataclass
@@ -76,31 +75,8 @@ class HarvestSummary:
 
 
 # ------------------------------------------------------------------------------------- reading
-def log_files(directory: Path) -> list[Path]:
-    """The written Parquet files of a request log or label folder (`date=*/part-*.parquet`)."""
-    return sorted(directory.glob("date=*/part-*.parquet")) if directory.is_dir() else []
-
-
-def read_frames(files: list[Path], columns: list[str] | None = None) -> pd.DataFrame:
-    """Files written by the service as one frame, categorical columns as plain values."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tables = [pq.read_table(f, columns=columns) for f in files]
-    tables = [t for t in tables if t.num_rows]
-    if not tables:
-        return pd.DataFrame(columns=columns or [])
-    decoded = []
-    for table in tables:  # one dictionary per file: decode before concatenating
-        for i, column in enumerate(table.schema):
-            if pa.types.is_dictionary(column.type):
-                table = table.set_column(i, column.name, table.column(i).cast(column.type.value_type))
-        decoded.append(table)
-    return pa.concat_tables(decoded, promote_options="permissive").to_pandas()
-
-
 def _read_keyed(files: list[Path]) -> pd.DataFrame:
-    frame = read_frames(files)
+    frame = read_log_files(files)
     if not frame.empty:
         frame["request_id"] = frame["request_id"].astype(str)
         frame["record"] = frame["record"].astype(np.int64)
@@ -119,7 +95,7 @@ def harvest(paths: ProjectPaths, params: Params, schema: FeatureSchema, now: dat
     now = now or datetime.now(timezone.utc)
     stamp = f"{now:%Y%m%dT%H%M%S%f}"
     summary = HarvestSummary()
-    enter_orphan_batches(paths)
+    ledger = enter_orphan_batches(paths, harvested_keys(paths))
     request_files, label_files = log_files(paths.request_log_dir), log_files(paths.ground_truth_dir)
     labels = _read_keyed(label_files)
     summary.labels_read = len(labels)
@@ -127,7 +103,7 @@ def harvest(paths: ProjectPaths, params: Params, schema: FeatureSchema, now: dat
     if not labels.empty:
         labels = labels.rename(columns={schema.target: "value"})
         labels = _without_quarantined(paths, labels)
-        labels, late = _split_late(labels, harvested_keys(paths))
+        labels, late = _split_late(labels, ledger)
         summary.late_labels = len(late)
         if len(late):
             quarantine.append(late.assign(reason="a label for a record harvested already; corrections are not applied"))
@@ -136,10 +112,10 @@ def harvest(paths: ProjectPaths, params: Params, schema: FeatureSchema, now: dat
         summary.repeated_labels = len(labels) - len(latest)
         labels = latest
     served = _served_records(request_files, set(labels["request_id"]) if not labels.empty else set())
-    summary.unlabelled_records = _count_unlabelled(request_files, paths, labels)
+    summary.unlabelled_records = _count_unlabelled(request_files, ledger, labels)
     if labels.empty:
         _quarantine(paths, quarantine, stamp)
-        summary.removed_files = apply_retention(params, request_files, label_files, now, paths)
+        summary.removed_files = apply_retention(params, request_files + label_files, now)
         return summary
 
     joined = labels.merge(served, on=KEY, how="left", indicator=True)
@@ -160,7 +136,7 @@ def harvest(paths: ProjectPaths, params: Params, schema: FeatureSchema, now: dat
             )
             quarantine.append(gone[[*KEY, "value", "received_at"]].assign(reason=reasons))
 
-    batch = raw_rows(joined, schema)
+    batch = raw_rows(joined, schema)  # positions 0..n-1: _source_row below
     checked = quarantine_invalid_rows(
         batch.assign(_source_file=f"harvest {stamp}", _source_row=np.arange(len(batch))), schema
     )
@@ -178,8 +154,7 @@ def harvest(paths: ProjectPaths, params: Params, schema: FeatureSchema, now: dat
                 }
             )
         )
-        ok = set(zip(checked.valid["_request_id"], checked.valid["_record"]))
-        batch = batch[[k in ok for k in zip(batch["_request_id"], batch["_record"])]]
+        batch = batch.drop(index=bad["_source_row"].to_numpy())
 
     _quarantine(paths, quarantine, stamp)
     if len(batch):
@@ -190,7 +165,7 @@ def harvest(paths: ProjectPaths, params: Params, schema: FeatureSchema, now: dat
         summary.rows = len(batch)
         summary.served_from = str(batch["_served_at"].min())
         summary.served_to = str(batch["_served_at"].max())
-    summary.removed_files = apply_retention(params, request_files, label_files, now, paths)
+    summary.removed_files = apply_retention(params, request_files + label_files, now)
     return summary
 
 
@@ -231,11 +206,12 @@ def _served_records(files: list[Path], request_ids: set[str]) -> pd.DataFrame:
     import pyarrow.dataset as ds
 
     dataset = ds.dataset([str(f) for f in files], format="parquet")
+    wanted = pc.field("request_id").isin(sorted(request_ids))
     frames = []
     for fragment in dataset.get_fragments():  # per file: one dictionary each
-        table = fragment.to_table(filter=pc.field("request_id").isin(sorted(request_ids)))
+        table = fragment.to_table(filter=wanted)
         if table.num_rows:
-            frames.append(read_table_frame(table))
+            frames.append(plain_values(table.to_pandas()))
     if not frames:
         return pd.DataFrame(columns=[*KEY, "served_at", "model_version"])
     served = pd.concat(frames, ignore_index=True)
@@ -244,21 +220,13 @@ def _served_records(files: list[Path], request_ids: set[str]) -> pd.DataFrame:
     return served.sort_values("served_at", kind="mergesort").drop_duplicates(KEY, keep="last")
 
 
-def read_table_frame(table: Any) -> pd.DataFrame:
-    frame = table.to_pandas()
-    for column in frame.columns:
-        if isinstance(frame[column].dtype, pd.CategoricalDtype):
-            frame[column] = frame[column].astype(object)
-    return frame
-
-
-def _count_unlabelled(files: list[Path], paths: ProjectPaths, labels: pd.DataFrame) -> int:
+def _count_unlabelled(files: list[Path], ledger: pd.DataFrame, labels: pd.DataFrame) -> int:
     """Served records with neither a label now nor a harvested one."""
-    keys = read_frames(files, columns=KEY) if files else pd.DataFrame(columns=KEY)
+    keys = read_log_files(files, columns=KEY)
     if keys.empty:
         return 0
     keys = keys.astype({"request_id": str, "record": np.int64}).drop_duplicates()
-    labelled = pd.concat([harvested_keys(paths)[KEY], labels[KEY] if not labels.empty else labels], ignore_index=True)
+    labelled = pd.concat([ledger[KEY], labels[KEY] if not labels.empty else labels], ignore_index=True)
     if labelled.empty:
         return len(keys)
     labelled = labelled.astype({"request_id": str, "record": np.int64}).drop_duplicates().assign(_labelled=True)
@@ -318,7 +286,8 @@ def _event_times(joined: pd.DataFrame, name: str, kind: Kind, served_at: pd.Seri
 
 
 # ------------------------------------------------------------------------------------- bookkeeping
-def enter_in_ledger(paths: ProjectPaths, batch: pd.DataFrame, name: str) -> None:
+def enter_in_ledger(paths: ProjectPaths, batch: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Write the batch's records to the ledger; the entry."""
     ledger = pd.DataFrame(
         {
             "request_id": batch["_request_id"].astype(str).to_numpy(),
@@ -328,33 +297,34 @@ def enter_in_ledger(paths: ProjectPaths, batch: pd.DataFrame, name: str) -> None
         }
     )
     _write(ledger, paths.harvest_dir / f"ledger-{Path(name).stem.removeprefix(BATCH_PREFIX)}.parquet")
+    return ledger
 
 
-def enter_orphan_batches(paths: ProjectPaths) -> None:
-    """A batch of this project whose ledger entry was never written (a crash between the two) is entered."""
+def enter_orphan_batches(paths: ProjectPaths, ledger: pd.DataFrame) -> pd.DataFrame:
+    """The ledger with the entries of this project's batches it lacked (a crash between writing a batch
+    and its entry), which are written too."""
     if not paths.batches_dir.is_dir():
-        return
-    entered = set(harvested_keys(paths)["batch"])
-    for batch in sorted(paths.batches_dir.glob(f"{BATCH_PREFIX}*.parquet")):
-        if batch.name not in entered:
-            log.warning("%s: a harvested batch missing from the ledger; entering it", batch)
-            paths.harvest_dir.mkdir(parents=True, exist_ok=True)
-            enter_in_ledger(paths, pd.read_parquet(batch, columns=HARVEST_PROVENANCE), batch.name)
+        return ledger
+    entered = set(ledger["batch"])
+    orphans = [b for b in sorted(paths.batches_dir.glob(f"{BATCH_PREFIX}*.parquet")) if b.name not in entered]
+    for batch in orphans:
+        log.warning("%s: a harvested batch missing from the ledger; entering it", batch)
+        entry = enter_in_ledger(paths, pd.read_parquet(batch, columns=HARVEST_PROVENANCE), batch.name)
+        ledger = pd.concat([ledger, entry], ignore_index=True)
+    return ledger
 
 
-def apply_retention(
-    params: Params, request_files: list[Path], label_files: list[Path], now: datetime, paths: ProjectPaths
-) -> list[str]:
-    """Remove the files this harvest read that are older than harvest.retention_days (by the time in
-    their name); empty day folders go too."""
+def apply_retention(params: Params, files: list[Path], now: datetime) -> list[str]:
+    """Remove the request-log and label files this harvest read that were written more than
+    harvest.retention_days before `now` (UTC); empty day folders go too."""
     days = params.harvest.retention_days
     if days is None:
         return []
-    cutoff = now.replace(tzinfo=None) - timedelta(days=days) if now.tzinfo else now - timedelta(days=days)
+    cutoff = now.astimezone(timezone.utc).replace(tzinfo=None) - timedelta(days=days)
     removed = []
-    for file in request_files + label_files:
-        match = _PART_TIME.match(file.name)
-        if match and datetime.strptime(match.group(1), "%Y%m%dT%H%M%S") < cutoff:
+    for file in files:
+        written = written_at(file)
+        if written is not None and written < cutoff:
             file.unlink(missing_ok=True)
             removed.append(str(file))
             try:
@@ -375,20 +345,11 @@ def _write(frame: pd.DataFrame, target: Path) -> None:
 # ------------------------------------------------------------------------------------- command
 def track_with_dvc(paths: ProjectPaths, batch: Path) -> Path | None:
     """`dvc add` the batch (its .dvc file is what git keeps); None when the project does not use DVC."""
-    import subprocess
-    import sys
+    from loopline.env import run_dvc
 
     if not (paths.root / ".dvc").is_dir():
         return None
-    dvc = Path(sys.executable).parent / "dvc"
-    proc = subprocess.run(
-        [str(dvc) if dvc.exists() else "dvc", "add", "-q", str(batch.relative_to(paths.root))],
-        cwd=paths.root,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc add {batch}: {proc.stderr.strip() or proc.stdout.strip()}")
+    run_dvc(paths.root, "add", "-q", str(batch.relative_to(paths.root)))
     return batch.with_name(batch.name + ".dvc")
 
 

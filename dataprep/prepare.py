@@ -18,7 +18,7 @@ from dataprep.split import split_rows
 from dataprep.stats import apply_missing_policy, fit_missing_fills, fit_preprocessing_stats
 from dataprep.validate import ValidationResult, provenance_columns, quarantine_invalid_rows
 from loopline.atomic import StagedOutputs, write_json
-from loopline.config import Params, WindowParams, load_dataset_schema, load_params
+from loopline.config import Params, load_dataset_schema, load_params
 from loopline.errors import ConfigError, DataError
 from loopline.paths import SPLITS, ProjectPaths
 from loopline.schema import FeatureSchema, Kind
@@ -49,7 +49,9 @@ def prepare(raw: pd.DataFrame, schema: FeatureSchema, params: Params) -> Prepare
     deduped = valid.drop_duplicates(subset=[c for c in valid.columns if c not in provenance], keep="first")
     deduped = deduped.reset_index(drop=True)
     duplicates = len(valid) - len(deduped)
-    deduped, outside_window = keep_window(deduped, schema, params.prepare.window)
+    window = params.prepare.window
+    newest = newest_time(deduped, schema) if window.last_days or window.half_life_days else None
+    deduped, outside_window = keep_window(deduped, schema.time_column, window.last_days, newest)
 
     splits = split_rows(deduped, schema, params.prepare.split, params.seed)
     fills = fit_missing_fills(splits["train"], schema)
@@ -59,7 +61,7 @@ def prepare(raw: pd.DataFrame, schema: FeatureSchema, params: Params) -> Prepare
         missing_dropped += dropped
         if splits[name].empty:
             raise DataError(f"the {name} split is empty after the missing-value policy dropped {dropped} rows")
-    rows = row_record(splits, schema, params.prepare.window, provenance)
+    rows = row_record(splits, schema.time_column, provenance, window.half_life_days, newest)
     splits = {name: frame.drop(columns=provenance) for name, frame in splits.items()}
 
     stats = fit_preprocessing_stats(splits["train"], schema, fills)
@@ -85,7 +87,8 @@ def prepare(raw: pd.DataFrame, schema: FeatureSchema, params: Params) -> Prepare
     )
 
 
-def _newest_time(frame: pd.DataFrame, schema: FeatureSchema, window: WindowParams) -> pd.Timestamp:
+def newest_time(frame: pd.DataFrame, schema: FeatureSchema) -> pd.Timestamp:
+    """The newest known row's time, which the training window measures days back from."""
     if schema.time_column is None or schema.column(schema.time_column).kind is not Kind.DATETIME:
         raise ConfigError(
             "params.yaml: prepare.window needs a datetime time_column in the schema to measure days on "
@@ -94,13 +97,14 @@ def _newest_time(frame: pd.DataFrame, schema: FeatureSchema, window: WindowParam
     return frame[schema.time_column].max()
 
 
-def keep_window(frame: pd.DataFrame, schema: FeatureSchema, window: WindowParams) -> tuple[pd.DataFrame, int]:
-    """The rows of the last `window.last_days` days before the newest row (all of them when unset), and
-    how many were left out."""
-    if window.last_days is None:
+def keep_window(
+    frame: pd.DataFrame, time_column: str | None, last_days: float | None, newest: pd.Timestamp | None
+) -> tuple[pd.DataFrame, int]:
+    """The rows of the last `last_days` days before `newest` (all of them when unset), and how many were
+    left out."""
+    if last_days is None:
         return frame, 0
-    newest = _newest_time(frame, schema, window)
-    keep = frame[schema.time_column] >= newest - pd.Timedelta(days=window.last_days)
+    keep = frame[time_column] >= newest - pd.Timedelta(days=last_days)
     return frame[keep].reset_index(drop=True), int((~keep).sum())
 
 
@@ -111,13 +115,14 @@ def recency_weights(times: pd.Series, newest: pd.Timestamp, half_life_days: floa
 
 
 def row_record(
-    splits: dict[str, pd.DataFrame], schema: FeatureSchema, window: WindowParams, provenance: list[str]
+    splits: dict[str, pd.DataFrame],
+    time_column: str | None,
+    provenance: list[str],
+    half_life_days: float | None,
+    newest: pd.Timestamp | None,
 ) -> pd.DataFrame:
     """One row per split row, in split order: the split, the row's position, its provenance columns and
     its training weight (1 outside the training split, or everywhere without a half-life)."""
-    newest = None
-    if window.half_life_days is not None:
-        newest = max(_newest_time(frame, schema, window) for frame in splits.values())
     parts = []
     for name in SPLITS:
         frame = splits[name]
@@ -125,8 +130,8 @@ def row_record(
         part.insert(0, "row", np.arange(len(frame)))
         part.insert(0, "split", name)
         weight = np.ones(len(frame))
-        if newest is not None and name == "train":
-            weight = recency_weights(frame[schema.time_column], newest, window.half_life_days)
+        if half_life_days is not None and name == "train":
+            weight = recency_weights(frame[time_column], newest, half_life_days)
         part["weight"] = weight
         parts.append(part)
     return pd.concat(parts, ignore_index=True)

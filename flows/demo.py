@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from loopline.config import update_params_file
+from loopline.env import run_dvc, tool
 from loopline.paths import PROJECT_FILES
 from loopline.registry import Registry
 
@@ -74,7 +75,7 @@ def scratch_project(dest: Path, train_until: str, cooldown_hours: float) -> Path
     update_params_file(dest / "params.yaml", {"monitor.alerts.cooldown_hours": cooldown_hours})
     identity = ["-c", "user.name=Loopline demo", "-c", "user.email=demo@localhost"]
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=dest, check=True)
+    run_dvc(dest, "init", "-q")
     seed_initial_data(dest, train_until)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run(
@@ -95,7 +96,7 @@ def seed_initial_data(project: Path, until: str) -> None:
     bike = load_bike()
     known = bike[bike["timestamp"] < pd.Timestamp(until) + pd.Timedelta(days=1)].drop(columns=PROVENANCE)
     known.to_parquet(project / INITIAL_DATA, index=False)
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), "add", "-q", INITIAL_DATA], cwd=project, check=True)
+    run_dvc(project, "add", "-q", INITIAL_DATA)
     update_params_file(
         project / "params.yaml",
         {"data.source": "file", "data.path": INITIAL_DATA, "data.schema": "schemas/bike.yaml", "data.as_of": None},
@@ -144,7 +145,7 @@ def start_service(project: Path, log: Path) -> tuple[subprocess.Popen, Client]:
         env.pop(variable, None)
     process = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "bentoml"),
+            tool("bentoml"),
             "serve",
             "serving.service:Predictor",
             "--host",

@@ -28,7 +28,7 @@ import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from loopline.env import use_project_state
+from loopline.env import tool, use_project_state
 from loopline.paths import ProjectPaths
 
 STAGES = ("ingest", "prepare", "baselines", "train", "evaluate", "export")
@@ -49,7 +49,7 @@ def repro_stage(root: Path, stage: str) -> str:
         "LOOPLINE_ROOT": str(root),  # the stage runs where DVC runs it (the worktree, for a recorded run)
     }
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage],
+        [tool("dvc"), "repro", "--single-item", stage],
         cwd=root,
         env=env,
         capture_output=True,

@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+from loopline.errors import LooplineError
 from loopline.paths import ProjectPaths
+
+
+class ToolFailed(LooplineError):
+    pass
+
+
+def tool(name: str) -> str:
+    """A command installed beside this interpreter (dvc, bentoml, prefect), else the bare name (PATH)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def run_dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`dvc <args>` in `root`; a failure (with `check`) is a ToolFailed quoting what DVC said."""
+    proc = subprocess.run([tool("dvc"), *args], cwd=root, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise ToolFailed(f"dvc {' '.join(args)} (in {root}): {(proc.stderr or proc.stdout).strip()}")
+    return proc
 
 
 def use_project_state(paths: ProjectPaths | None = None) -> None:

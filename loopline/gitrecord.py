@@ -12,11 +12,10 @@ history, and a person's uncommitted edits are neither used, committed nor touche
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+from loopline.env import run_dvc
 from loopline.errors import LooplineError
 from loopline.paths import ProjectPaths
 
@@ -46,16 +45,6 @@ def _identity(root: Path) -> list[str]:
         if not git(root, "config", key, check=False):
             args += ["-c", f"{key}={value}"]
     return args
-
-
-def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    dvc = Path(sys.executable).parent / "dvc"
-    proc = subprocess.run(
-        [str(dvc) if dvc.exists() else "dvc", *args], cwd=root, capture_output=True, text=True, env=os.environ.copy()
-    )
-    if check and proc.returncode != 0:
-        raise GitRecordError(f"dvc {' '.join(args)} (in {root}): {(proc.stderr or proc.stdout).strip()}")
-    return proc
 
 
 def open_worktree(project: ProjectPaths, branch: str) -> ProjectPaths:
@@ -88,8 +77,8 @@ def open_worktree(project: ProjectPaths, branch: str) -> ProjectPaths:
                 f"merge it by hand (git checkout {branch} && git merge {head[:12]})"
             )
     cache = (project.root / ".dvc" / "cache").resolve()
-    _dvc(where, "config", "--local", "cache.dir", str(cache))
-    _dvc(where, "checkout", "-q", check=False)  # what the cache lacks, the stages rebuild
+    run_dvc(where, "config", "--local", "cache.dir", str(cache))
+    run_dvc(where, "checkout", "-q", check=False)  # what the cache lacks, the stages rebuild
     return ProjectPaths(where)
 
 
@@ -117,7 +106,7 @@ def save_experiment(work: ProjectPaths, name: str) -> str:
         if f and not f.startswith(".state/")
     ]
     include = [arg for f in untracked for arg in ("--include-untracked", f)]
-    _dvc(work.root, "exp", "save", "--force", "--name", name, *include)
+    run_dvc(work.root, "exp", "save", "--force", "--name", name, *include)
     refs = git(work.root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps").splitlines()
     found = [line.split()[0] for line in refs if line.endswith(f"/{name}")]
     if not found:

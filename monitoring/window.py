@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from loopline.schema import FeatureSchema
+from serving.request_log import read_log_files
 
 
 def _files(directory: Path, start: datetime, end: datetime) -> list[Path]:
@@ -22,23 +23,11 @@ def _files(directory: Path, start: datetime, end: datetime) -> list[Path]:
     return sorted(f for folder in directory.iterdir() if folder.name in days for f in folder.glob("*.parquet"))
 
 
-def read_parquet_files(files: list[Path]) -> pd.DataFrame:
-    frames = [pd.read_parquet(f) for f in files]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame()
-    out = pd.concat(frames, ignore_index=True)
-    for column in out.columns:  # one category set per file: back to plain values across files
-        if isinstance(out[column].dtype, pd.CategoricalDtype):
-            out[column] = out[column].astype(object)
-    return out
-
-
 def served_window(
     request_log: Path, ground_truth: Path, schema: FeatureSchema, start: datetime, end: datetime
 ) -> pd.DataFrame:
     """Rows served in [start, end) (timezone-aware UTC datetimes), with `schema.target` where labelled."""
-    rows = read_parquet_files(_files(request_log, start, end))
+    rows = read_log_files(_files(request_log, start, end))
     if rows.empty:
         return pd.DataFrame(
             columns=[
@@ -52,7 +41,7 @@ def served_window(
             ]
         )
     rows = rows[(rows["served_at"] >= pd.Timestamp(start)) & (rows["served_at"] < pd.Timestamp(end))]
-    labels = read_parquet_files(_files(ground_truth, start, datetime.now(start.tzinfo) + timedelta(days=1)))
+    labels = read_log_files(_files(ground_truth, start, datetime.now(start.tzinfo) + timedelta(days=1)))
     if labels.empty:
         return rows.assign(**{schema.target: pd.NA}).reset_index(drop=True)
     labels = labels.sort_values("received_at").drop_duplicates(["request_id", "record"], keep="last")[

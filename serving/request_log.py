@@ -183,9 +183,40 @@ def _repeated(values: list[str], counts: list[int]) -> pd.Categorical:
     return pd.Categorical.from_codes(np.repeat(codes, counts), categories=uniques)
 
 
+# ------------------------------------------------------------------------------------ reading
+def log_files(directory: Path) -> list[Path]:
+    """The written files of a request log or label folder, oldest first."""
+    directory = Path(directory)
+    return sorted(directory.glob("date=*/part-*.parquet")) if directory.is_dir() else []
+
+
+def written_at(file: Path) -> datetime | None:
+    """When a window's file was written (UTC, naive), from its name; None for a name not of the writer."""
+    parts = file.name.split("-")
+    try:
+        return datetime.strptime(parts[1], "%Y%m%dT%H%M%S%f") if parts[0] == "part" else None
+    except (IndexError, ValueError):
+        return None
+
+
+def plain_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """Categorical columns (one category set per file) back to plain values, so files concatenate."""
+    for column in frame.columns:
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            frame[column] = frame[column].astype(object)
+    return frame
+
+
+def read_log_files(files: list[Path], columns: list[str] | None = None) -> pd.DataFrame:
+    """Written files as one frame with plain values (empty, with `columns`, when there are none)."""
+    frames = [plain_values(pd.read_parquet(f, columns=columns)) for f in files]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or [])
+
+
 def logged_request_ids(directory: Path, wanted: set[str]) -> set[str]:
     """Which of `wanted` request ids the request log under `directory` holds (written windows only)."""
-    files = sorted(Path(directory).glob("date=*/part-*.parquet")) if Path(directory).is_dir() else []
+    files = log_files(directory)
     if not files or not wanted:
         return set()
     import pyarrow.compute as pc

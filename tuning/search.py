@@ -639,31 +639,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-offset", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     paths = ProjectPaths.here()
+    budget = {
+        "n_trials": args.trials,
+        "timeout_minutes": args.timeout_minutes,
+        "name": args.study,
+        "storage": args.storage,
+    }
     if args.worker:
-        return run_stage(
-            "tune worker",
-            lambda: run_trials(
-                paths,
-                n_trials=args.trials,
-                timeout_minutes=args.timeout_minutes,
-                name=args.study,
-                storage=args.storage,
-                seed_offset=args.seed_offset,
-            ),
-        )
+        return run_stage("tune worker", lambda: run_trials(paths, **budget, seed_offset=args.seed_offset))
     if args.report:
         return run_stage("tune", lambda: report(paths, name=args.study, storage=args.storage))
-    return run_stage(
-        "tune",
-        lambda: tune(
-            paths,
-            n_trials=args.trials,
-            timeout_minutes=args.timeout_minutes,
-            workers=args.workers,
-            name=args.study,
-            storage=args.storage,
-        ),
-    )
+    return run_stage("tune", lambda: tune(paths, **budget, workers=args.workers))
 
 
 if __name__ == "__main__":
