@@ -310,7 +310,7 @@ def enter_orphan_batches(paths: ProjectPaths, ledger: pd.DataFrame) -> pd.DataFr
     for batch in orphans:
         log.warning("%s: a harvested batch missing from the ledger; entering it", batch)
         entry = enter_in_ledger(paths, pd.read_parquet(batch, columns=HARVEST_PROVENANCE), batch.name)
-        ledger = pd.concat([ledger, entry], ignore_index=True)
+        ledger = pd.concat([ledger, entry], ignore_index=True) if len(ledger) else entry
     return ledger
 
 
