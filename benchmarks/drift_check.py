@@ -50,7 +50,6 @@ def one_run(rows: int) -> dict[str, float]:
         schema,
         MonitorParams(),
         model_version="bench",
-        reference_metrics={"mae": 60.0},
         window_start=t,
         window_end=t,
     )

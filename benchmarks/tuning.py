@@ -89,7 +89,13 @@ def ensemble_figures(data, params, study, top_k: int, workdir: Path) -> dict:
 
     done = sorted((t for t in study.trials if t.value is not None), key=lambda t: t.value)[:top_k]
     members = [
-        fit(data, with_overrides(params, t.user_attrs["overrides"], "benchmark"), run_checks=False, find_lr=False).model
+        fit(
+            data,
+            with_overrides(params, t.user_attrs["overrides"], "benchmark"),
+            run_checks=False,
+            find_lr=False,
+            refit=(),
+        ).model
         for t in done
     ]
     ensemble = EnsembleNet([m.spec for m in members])

@@ -6,15 +6,18 @@
 2. `bentoml serve` starts on 127.0.0.1 over it.
 3. The following weeks of real hourly rows are replayed as HTTP traffic, a day per request, each record
    with its event time, and each day's true counts are posted to /feedback `--label-delay-days` later.
-4. After each replayed week the `monitoring` flow checks that week's traffic. On drift or degradation it
-   emails an alert (written to the scratch project's outbox/local as .eml unless SMTP is configured) and
-   starts the training flow, which harvests the labelled traffic into a batch, retrains on the initial
-   data plus everything harvested (never on the bundled file's later rows), commits the run on the
-   `loopline/retrain` branch, gates the candidate and promotes it if it passes; the running service
-   swaps to it without a restart.
+4. After each replayed week the `monitoring` flow checks that week's traffic: the production model's
+   error against its normal error (harm alerts by email, written to the scratch project's outbox/local
+   as .eml unless SMTP is configured), the challenger in shadow against production on the same labelled
+   records (promoted when better with confidence; the running service swaps to it without a restart),
+   the replaced model watched for a rollback. Once a week of newer labels has arrived it starts the
+   training flow, which harvests the labelled traffic into a batch, retrains on the initial data plus
+   everything harvested (never on the bundled file's later rows), commits the run on the
+   `loopline/retrain` branch and gates the candidate; one that passes is scored in shadow.
 5. At the end: a timeline table (reports/demo/timeline.md) and a plot (reports/demo/weekly_error.png) of
-   the served model's weekly error against the first model left frozen, with alerts, promotions and the
-   harvested rows each retraining used.
+   the served model's weekly error against the first model left frozen and against a weekly-gated
+   schedule (each week's candidate promoted at once when it passes the gate, judged against that
+   schedule's own production model), with alerts, promotions and the harvested rows each retraining used.
 
     python -m flows.demo [--weeks 12] [--full]
 """
@@ -55,14 +58,16 @@ class Week:
     served_versions: set[str] = field(default_factory=set)
     mae_loop: float = float("nan")
     mae_frozen: float = float("nan")
+    mae_gated: float = float("nan")
+    candidate: str | None = None
+    """The candidate trained after this week's check (it passed the gate or not)."""
     verdict: str = ""
     events: list[str] = field(default_factory=list)
     harvested_rows: int | None = None
     """Rows harvested from the service in the data of the week's retraining (None: no retraining)."""
-    harvested_train_rows: int | None = None
 
 
-def scratch_project(dest: Path, train_until: str, cooldown_hours: float) -> Path:
+def scratch_project(dest: Path, train_until: str, remind_hours: float) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -72,7 +77,7 @@ def scratch_project(dest: Path, train_until: str, cooldown_hours: float) -> Path
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, dest / name)
-    update_params_file(dest / "params.yaml", {"monitor.alerts.cooldown_hours": cooldown_hours})
+    update_params_file(dest / "params.yaml", {"monitor.alerts.remind_hours": remind_hours})
     identity = ["-c", "user.name=Loopline demo", "-c", "user.email=demo@localhost"]
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
     run_dvc(dest, "init", "-q")
@@ -170,7 +175,7 @@ def start_service(project: Path, log: Path) -> tuple[subprocess.Popen, Client]:
 
 def enter_scratch_project(args: argparse.Namespace) -> Path:
     """Make the scratch project and point this process (flows, DVC, Prefect, BentoML state) at it."""
-    project = scratch_project(WORKSPACE / ".state" / "demo" / "project", args.train_until, args.cooldown_days * 24)
+    project = scratch_project(WORKSPACE / ".state" / "demo" / "project", args.train_until, args.remind_days * 24)
     os.environ["LOOPLINE_ROOT"] = str(project)
     for variable in (
         "LOOPLINE_REQUEST_LOG",
@@ -226,7 +231,8 @@ def serve_week(client: Client, week: Week, rows: pd.DataFrame, features: list[st
 
 def check_week(client: Client, week: Week, window: tuple[datetime, datetime], onset: float) -> dict[str, Any] | None:
     """The monitoring flow on the week's traffic (its end in replayed time); what it did goes into
-    `week`. Returns the timing of a promotion (first request of the week to the new model answering)."""
+    `week`. Returns the timing of a promotion or rollback (the week's first request to the new
+    production model answering)."""
     from flows.monitor import monitoring
 
     sim_end = week.start + pd.Timedelta(days=7)
@@ -237,24 +243,44 @@ def check_week(client: Client, week: Week, window: tuple[datetime, datetime], on
         retrain_as_of=None,  # retraining learns from the harvested traffic, not the bundled file's future
     )
     week.verdict = outcome["verdict"]
-    if outcome["alerted"]:
-        week.events.append("alert")
+    for kind, subject in zip(outcome["alert_kinds"], outcome["alerts"]):
+        if kind in ("harm", "input", "escalation"):  # promotions and rollbacks are listed below
+            week.events.append(f"alert: {subject}")
+    changed = None
+    for action in outcome["actions"]:
+        if action["action"] == "promoted":
+            changed = action["version"]
+            week.events.append(
+                f"promoted {changed[:8]} ({action['evidence']['comparison']['change']:+.0%} on live labels)"
+            )
+        elif action["action"] == "rolled back":
+            changed = action["to"]
+            week.events.append(f"rolled back to {changed[:8]}")
+        elif action["action"] == "retired":
+            week.events.append(f"retired {action['version'][:8]}")
     trained = outcome.get("training")
-    if not trained:
+    if trained:
+        week.candidate = trained["version"]
+        harvested = trained.get("harvested") or []
+        week.harvested_rows = sum(sum(b["rows"].values()) for b in harvested)
+        week.events.append(
+            f"trained {trained['version'][:8]} ({outcome['retrain']}): "
+            + (
+                "in shadow"
+                if trained.get("shadow")
+                else "promoted"
+                if trained.get("promoted")
+                else "rejected by the gate"
+            )
+        )
+    if changed is None:
         return None
-    harvested = trained.get("harvested") or []
-    week.harvested_train_rows = sum(b["rows"].get("train", 0) for b in harvested)
-    week.harvested_rows = sum(sum(b["rows"].values()) for b in harvested)
-    if not trained.get("promoted"):
-        week.events.append(f"rejected {trained['version'][:8]}")
-        return None
-    promoted_at = time.monotonic()
-    client.wait_for(trained["version"])
-    week.events.append(f"promoted {trained['version'][:8]}")
+    switched_at = time.monotonic()
+    client.wait_for(changed)
     return {
         "week": week.index,
         "onset_to_new_model_s": round(time.monotonic() - onset, 1),
-        "promotion_to_serving_s": round(time.monotonic() - promoted_at, 2),
+        "promotion_to_serving_s": round(time.monotonic() - switched_at, 2),
     }
 
 
@@ -314,9 +340,8 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def frozen_predictions(project: Path, version: str, rows: pd.DataFrame) -> np.ndarray:
-    """The first model's predictions on the replayed rows, as if it had been left in service."""
-    from loopline.registry import Registry
+def predictions(project: Path, version: str, rows: pd.DataFrame) -> np.ndarray:
+    """A registered model's predictions on the replayed rows, as if it had been serving them."""
     from loopline.runtime import onnx_session, predict_frame
     from release.promote import version_schema
 
@@ -324,35 +349,63 @@ def frozen_predictions(project: Path, version: str, rows: pd.DataFrame) -> np.nd
     return predict_frame(onnx_session(record.model), rows, version_schema(record))
 
 
+def weekly_gated(project: Path, initial: str, weeks: list[Week]) -> list[str]:
+    """The version a weekly-gated schedule serves each week: each week's candidate promoted at once when
+    it passes the gate against that schedule's own production model (the same candidates the loop
+    trained, judged on their own test rows)."""
+    from loopline.config import load_params
+    from release.promote import rejudge
+
+    registry = Registry.for_project(project)
+    params = load_params(project / "params.yaml")
+    serving, schedule = initial, []
+    for week in weeks:
+        schedule.append(serving)
+        if week.candidate and week.candidate != serving:
+            candidate = registry.get(week.candidate)
+            if rejudge(candidate, registry, params.gate, params.evaluate.min_slice_rows, champion=serving).passed:
+                serving = candidate.id
+    return schedule
+
+
 def report(run: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     served = run["served"]
-    served = served.assign(frozen=frozen_predictions(run["project"], run["initial"], served))
+    served = served.assign(frozen=predictions(run["project"], run["initial"], served), gated=np.nan)
+    schedule = weekly_gated(run["project"], run["initial"], run["weeks"])
+    for week, version in zip(run["weeks"], schedule):
+        rows = served["week"] == week.index
+        served.loc[rows, "gated"] = predictions(run["project"], version, served[rows])
     for week in run["weeks"]:
         rows = served[served["week"] == week.index]
-        week.mae_loop = float(np.mean(np.abs(rows["prediction"] - rows["cnt"])))
-        week.mae_frozen = float(np.mean(np.abs(rows["frozen"] - rows["cnt"])))
+        week.mae_loop, week.mae_frozen, week.mae_gated = (
+            float(np.mean(np.abs(rows[c] - rows["cnt"]))) for c in ("prediction", "frozen", "gated")
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [
-        "| week | from | rows | served by | MAE with the loop | MAE frozen | check | events | harvested rows (in training) |",
-        "|---:|---|---:|---|---:|---:|---|---|---|",
+        "| week | from | rows | served by | MAE with the loop | MAE weekly-gated | MAE frozen | check | events "
+        "| harvested rows in the candidate's data |",
+        "|---:|---|---:|---|---:|---:|---:|---|---|---|",
     ]
     for w in run["weeks"]:
-        harvested = "" if w.harvested_rows is None else f"{w.harvested_rows} ({w.harvested_train_rows})"
+        harvested = "" if w.harvested_rows is None else str(w.harvested_rows)
         lines.append(
             f"| {w.index} | {w.start.date()} | {w.rows} | {', '.join(sorted(v[:8] for v in w.served_versions))} "
-            f"| {w.mae_loop:.1f} | {w.mae_frozen:.1f} | {w.verdict} | {', '.join(w.events)} | {harvested} |"
+            f"| {w.mae_loop:.1f} | {w.mae_gated:.1f} | {w.mae_frozen:.1f} | {w.verdict} | {'; '.join(w.events)} "
+            f"| {harvested} |"
         )
-    loop, frozen = (float(np.mean(np.abs(served[c] - served["cnt"]))) for c in ("prediction", "frozen"))
+    loop, gated, frozen = (float(np.mean(np.abs(served[c] - served["cnt"]))) for c in ("prediction", "gated", "frozen"))
+    alerting = sum(any(e.startswith("alert") for e in w.events) for w in run["weeks"])
     lines += [
         "",
-        f"Over all {len(served)} replayed hours: MAE {loop:.1f} with the loop, {frozen:.1f} with the first "
-        f"model frozen ({(loop - frozen) / frozen:+.0%}).",
+        f"Over all {len(served)} replayed hours: MAE {loop:.1f} with the loop, {gated:.1f} weekly-gated, "
+        f"{frozen:.1f} with the first model frozen ({(loop - frozen) / frozen:+.0%}); "
+        f"{alerting} of {len(run['weeks'])} weeks alerted (harm, input problems, escalation).",
         "",
     ]
     for t in run["timings"]:
         lines.append(
-            f"- week {t['week']}: from the first drifting request to the new model answering "
-            f"{t['onset_to_new_model_s']} s (swap after promotion {t['promotion_to_serving_s']} s)"
+            f"- week {t['week']}: from the week's first request to the new production model answering "
+            f"{t['onset_to_new_model_s']} s (swap after the decision {t['promotion_to_serving_s']} s)"
         )
     lines.append(f"\nDemo wall time: {run['seconds']:.0f} s.")
     table = out_dir / "timeline.md"
@@ -367,21 +420,29 @@ def report(run: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     starts = [w.start for w in run["weeks"]]
     ax.plot(starts, [w.mae_frozen for w in run["weeks"]], marker="o", label="first model, frozen", color="tab:gray")
     ax.plot(
+        starts,
+        [w.mae_gated for w in run["weeks"]],
+        marker=".",
+        linestyle=":",
+        label="weekly retraining, promoted through the gate",
+        color="tab:purple",
+    )
+    ax.plot(
         starts, [w.mae_loop for w in run["weeks"]], marker="o", label="with monitoring and retraining", color="tab:blue"
     )
     for w in run["weeks"]:
         end = w.start + pd.Timedelta(days=7)
-        if "alert" in w.events:
+        if any(e.startswith("alert") for e in w.events):
             ax.axvline(end, color="tab:orange", linestyle="--", linewidth=1)
-        if any(e.startswith("promoted") for e in w.events):
+        if any(e.startswith(("promoted", "rolled back")) for e in w.events):
             ax.axvline(end, color="tab:green", linewidth=1.5)
-        if any(e.startswith("rejected") for e in w.events):
+        if any("rejected" in e or e.startswith("retired") for e in w.events):
             ax.plot([end], [w.mae_loop], marker="x", markersize=10, color="tab:red", linestyle="none")
-    ax.plot([], [], color="tab:orange", linestyle="--", label="alert (drift or degradation)")
-    ax.plot([], [], marker="x", color="tab:red", linestyle="none", label="retrained, rejected by the gate")
-    ax.plot([], [], color="tab:green", label="new model promoted")
+    ax.plot([], [], color="tab:orange", linestyle="--", label="alert (harm, input problem, escalation)")
+    ax.plot([], [], marker="x", color="tab:red", linestyle="none", label="candidate rejected or retired")
+    ax.plot([], [], color="tab:green", label="promoted on live evidence (or rolled back)")
     ax.set_ylabel("weekly MAE (rentals per hour)")
-    ax.set_title("Bike rentals: served model's weekly error, closed loop against a frozen model")
+    ax.set_title("Bike rentals: served model's weekly error, the loop against weekly-gated and frozen")
     ax.legend(loc="upper left")
     fig.autofmt_xdate()
     fig.tight_layout()
@@ -396,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weeks", type=int, default=12, help="weeks replayed after it")
     parser.add_argument("--full", action="store_true", help="replay everything to the end of 2012")
     parser.add_argument("--label-delay-days", type=int, default=2)
-    parser.add_argument("--cooldown-days", type=float, default=28, help="one alert and retraining per this many days")
+    parser.add_argument(
+        "--remind-days", type=float, default=28, help="an unchanged open incident emails again after this long"
+    )
     args = parser.parse_args(argv)
     run = replay(args)
     table, plot = report(run, WORKSPACE / "reports" / "demo")

@@ -1,11 +1,13 @@
-"""The `monitoring` flow: check the served traffic, alert, and on drift start the `training` flow.
+"""The `monitoring` flow: check the served traffic, act on the models in shadow, alert, and start the
+`training` flow when a new candidate is due.
 
     python -m flows.monitor [--hours 168 | --start ISO --end ISO] [--retrain-as-of DATE] [--output FILE]
 
-The check itself is monitoring.check (it runs without Prefect). One incident starts one retraining: the
-incident log that dedupes alerts decides it. With a Prefect server (PREFECT_API_URL set) and the
-`training/training` deployment registered (flows.serve), training runs through that deployment;
-otherwise, in the embedded mode, as a subflow of this run.
+The check itself is monitoring.check (it runs without Prefect): harm (new or worse) or a refresh of
+`monitor.refresh_days` newer labelled data, with no challenger in shadow, starts one training run; an
+input problem never does. With a Prefect server (PREFECT_API_URL set) and the `training/training`
+deployment registered (flows.serve), training runs through that deployment; otherwise, in the embedded
+mode, as a subflow of this run. The candidate goes to shadow; a later check promotes it on live evidence.
 """
 
 from __future__ import annotations

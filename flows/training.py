@@ -86,11 +86,16 @@ def gate_and_promote(
     paths: ProjectPaths, registry_root: Path | None = None, recorded: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Register the candidate built under `paths` in the project's registry (`registry_root`, default the
-    same project) with its git record; promote it if the gate passed. Never forces."""
+    same project) with its git record. If the gate passed: the first model is promoted; later ones go to
+    shadow as the challenger (promote.live), promoted by a monitoring check once they beat production on
+    live traffic, or are promoted at once (promote.live: false). Never forces."""
+    from loopline.config import load_params
     from loopline.registry import Registry
-    from release.promote import PromotionRefused, promote, register_candidate
+    from monitoring.check import LoopState
+    from release.promote import PromotionRefused, end_shadow, promote, register_candidate, start_shadow
 
-    registry = Registry.for_project(registry_root or paths.root)
+    project = ProjectPaths(registry_root or paths.root)
+    registry = Registry.for_project(project.root)
     version, report, _ = register_candidate(paths, registry, recorded)
     outcome: dict[str, Any] = {
         "version": version.id,
@@ -103,14 +108,30 @@ def gate_and_promote(
         "harvested": version.metadata.get("harvested", []),
     }
     if not report.passed:
-        return {**outcome, "promoted": False, "reason": "the candidate did not pass the gate"}
+        if outcome["production_before"] is not None:
+            with LoopState(project.incidents).update() as state:
+                state["failed_candidates"] += 1
+        return {**outcome, "promoted": False, "shadow": False, "reason": "the candidate did not pass the gate"}
+    production = outcome["production_before"]
     try:
+        if production is not None and production != version.id and load_params(paths.params).promote.live:
+            start_shadow(registry, version.id, "challenger", {"reason": "passed the gate", "production": production})
+            for older, role in registry.shadows().items():
+                if role == "challenger" and older != version.id:
+                    end_shadow(registry, older, {"reason": f"superseded by {version.id}, trained on newer data"})
+            return {
+                **outcome,
+                "promoted": False,
+                "shadow": True,
+                "reason": f"passed the gate; scored in shadow beside {production[:8]} until it beats it on live traffic",
+            }
         result = promote(paths, registry, version.id)
     except PromotionRefused as exc:
-        return {**outcome, "promoted": False, "reason": str(exc)}
+        return {**outcome, "promoted": False, "shadow": False, "reason": str(exc)}
     return {
         **outcome,
         "promoted": result["changed"],
+        "shadow": False,
         "reason": "promoted" if result["changed"] else "already the production model",
     }
 
@@ -160,7 +181,8 @@ def report_markdown(outcome: dict[str, Any]) -> str:
     lines = [
         f"# Training run: candidate {outcome['version']}",
         "",
-        f"**{'Promoted' if outcome['promoted'] else 'Not promoted'}**: {outcome['reason']}.",
+        f"**{'Promoted' if outcome['promoted'] else 'In shadow' if outcome.get('shadow') else 'Not promoted'}**: "
+        f"{outcome['reason']}.",
         "",
         f"Commit {outcome.get('commit') or 'unknown'}; harvested batches in its data: "
         + (
@@ -219,18 +241,8 @@ def training(
         report_markdown(outcome), key="training-report", description=f"candidate {outcome['version']}"
     )
     print(("promoted " if outcome["promoted"] else "not promoted ") + f"{outcome['version']}: {outcome['reason']}")
-    if not outcome["promoted"] and not outcome["gate_passed"]:
-        from monitoring.check import alert_params, deliver, queue_alert
-
-        alerts = alert_params(project)
-        queue_alert(
-            project,
-            alerts,
-            f"candidate {outcome['version']} rejected by the gate",
-            f"The retrained candidate {outcome['version']} did not pass the gate, so production stays "
-            f"{outcome['production_before']}.\n\n{outcome['gate_summary']}",
-        )
-        deliver(project, alerts)
+    # A rejected candidate is no email of its own: production is unchanged, and while production is
+    # degraded the monitoring check escalates after promote.escalate_after failed candidates.
     return outcome
 
 

@@ -146,6 +146,13 @@ class TrainParams(_Section):
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
     grad_clip_norm: float | None = Field(default=1.0, gt=0)
     patience: int = Field(default=6, ge=1)
+    refit: Literal["off", "train_val", "all"] = "all"
+    """After selection (early stopping on the validation split), train a fresh network for the selected
+    number of epochs on more rows, so the served model learns the newest ones. all: train + val + test;
+    the test split is then judged by the selection run's network (the recipe evaluated at one origin of
+    a rolling evaluation, kept as holdout.pt), and the served one proves itself on live traffic.
+    train_val: train + val; the test split judges the served network itself. off: serve the selection
+    run's network."""
     checkpoint_every_steps: int = Field(default=200, ge=1)
     deterministic: bool = True
     model: ModelParams = ModelParams()
@@ -189,10 +196,20 @@ class DriftParams(_Section):
 class AlertParams(_Section):
     recipients: list[str] = Field(default=["ml-oncall@localhost"], min_length=1)
     sender: str = "loopline@localhost"
-    cooldown_hours: float = Field(default=24.0, ge=0)
-    """After an alert, the same kind of incident (drift, degradation) alerts and retrains again only after this long."""
+    remind_hours: float = Field(default=168.0, ge=0)
+    """An open incident alerts again when it gets worse (a higher severity, another column); unchanged, it
+    reminds after this long."""
     retry_seconds: list[float] = Field(default=[1, 5, 30], min_length=1)
     """Waits between SMTP attempts in one delivery run; what is still unsent stays in the outbox."""
+
+
+class InputParams(_Section):
+    """The input contract (monitoring.decide.input_problems): breaches are an incident of their own."""
+
+    max_refused_share: float = Field(default=0.05, ge=0, le=1)
+    """More of the window's requests than this answered 400 (invalid input): the columns named most."""
+    max_missing_share: float = Field(default=0.2, ge=0, le=1)
+    """A column whose value more records than this came without."""
 
 
 class MonitorParams(_Section):
@@ -201,11 +218,50 @@ class MonitorParams(_Section):
     min_rows: int = Field(default=100, ge=1)
     """Fewer served records in a window: "insufficient data", no verdict."""
     min_labelled_rows: int = Field(default=50, ge=1)
-    max_degradation: float = Field(default=0.2, gt=0)
-    """Degraded when the window's error (see loopline.metrics.error_of) exceeds the reference's by this fraction."""
+    """Fewer labelled records: performance is judged from the label-free estimate instead."""
+    confidence: float = Field(default=0.9, gt=0.5, lt=1)
+    """Harm is declared only when the bootstrap interval of the error's increase, at this confidence,
+    lies wholly above a severity bound."""
+    severities: list[float] = Field(default=[0.2, 0.5, 1.0], min_length=1)
+    """Error increases over the model's normal error (its test split) that make it degraded, badly
+    degraded, failing."""
     retrain: bool = True
+    """Harm starts the training flow (the new candidate proves itself in shadow, see promote:)."""
+    refresh_days: float | None = Field(default=7.0, gt=0)
+    """Also train a candidate, without alerting, when no challenger is in shadow and labelled rows this
+    many days newer than production's training data have been harvested; null: only on harm."""
+    inputs: InputParams = InputParams()
     drift: DriftParams = DriftParams()
     alerts: AlertParams = AlertParams()
+
+    @field_validator("severities")
+    @classmethod
+    def _increasing(cls, values: list[float]) -> list[float]:
+        if any(v <= 0 for v in values) or values != sorted(set(values)):
+            raise ValueError(f"severities must be positive and increasing, got {values}")
+        return values
+
+
+class LiveParams(_Section):
+    """Promotion on live evidence (monitoring.decide): champion/challenger in shadow, and rollback."""
+
+    live: bool = True
+    """A candidate that passes the gate is scored in shadow on live traffic and promoted when it beats
+    production there; false: promoted on the gate alone (the first model always is)."""
+    confidence: float = Field(default=0.9, gt=0.5, lt=1)
+    min_rows: int = Field(default=100, ge=1)
+    """Labelled live rows scored by both models before a decision."""
+    min_gain: float = Field(default=0.0, ge=0, lt=1)
+    """Promote when the challenger's error is below production's by more than this fraction, with confidence."""
+    max_windows: int = Field(default=3, ge=1)
+    """A challenger neither better nor worse after this many checks is retired."""
+    rollback: bool = True
+    """The replaced model stays in shadow after a promotion; if the promoted one is worse than it on the
+    same live rows with confidence, production goes back."""
+    watch_windows: int = Field(default=1, ge=1)
+    """Checks the replaced model is watched for."""
+    escalate_after: int = Field(default=2, ge=1)
+    """Degraded while this many candidates in a row failed: the email says so and what to do."""
 
 
 class SearchDimension(_Section):
@@ -309,7 +365,10 @@ class GateParams(_Section):
     compare_metrics: list[str] = []
     """Metrics compared against the baselines and the production model."""
     champion_tolerance: float = Field(ge=0)
-    """The candidate's error may exceed production's by at most this fraction, overall and per judged slice."""
+    """The candidate's error may exceed production's by at most this fraction, overall and per judged
+    slice ..."""
+    champion_confidence: float = Field(gt=0.5, lt=1)
+    """... which fails only when the paired bootstrap interval at this confidence is wholly above it."""
 
     @field_validator("thresholds", "compare_metrics")
     @classmethod
@@ -337,6 +396,7 @@ class Params(BaseModel):
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     monitor: MonitorParams = MonitorParams()
+    promote: LiveParams = LiveParams()
     tune: TuneParams = TuneParams()
     cv: CrossValidationParams = CrossValidationParams()
     harvest: HarvestParams = HarvestParams()

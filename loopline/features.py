@@ -24,6 +24,9 @@ UNKNOWN = -1
 class EncodedFeatures:
     numeric: np.ndarray  # float32 [rows, numeric features]
     categorical: np.ndarray  # int64 [rows, categorical features]
+    missing: np.ndarray | None = None
+    """bool [rows, numeric then categorical features]: the value was absent and the learned fill stands
+    in for it (the request log keeps it: monitoring watches each column's share of missing values)."""
 
     def __len__(self) -> int:
         return len(self.numeric)
@@ -86,11 +89,15 @@ class RecordEncoder:
         numeric = np.empty((rows, len(self.numeric_names)), dtype=np.float32)
         for j, name in enumerate(self.numeric_names):
             numeric[:, j] = np.array([r.get(name) for r in records], dtype=np.float64)  # None -> NaN
+        missing = np.empty((rows, len(self.numeric_names) + len(self.categorical)), dtype=bool)
+        missing[:, : len(self.numeric_names)] = np.isnan(numeric)
         _fill_numeric(numeric, self.numeric_fills)
         categorical = np.empty((rows, len(self.categorical)), dtype=np.int64)
         for j, (name, index) in enumerate(self.categorical):
-            categorical[:, j] = [index.get(r.get(name), UNKNOWN) for r in records]
-        return EncodedFeatures(numeric=numeric, categorical=categorical)
+            values = [r.get(name) for r in records]
+            missing[:, len(self.numeric_names) + j] = [v is None for v in values]
+            categorical[:, j] = [index.get(v, UNKNOWN) for v in values]
+        return EncodedFeatures(numeric=numeric, categorical=categorical, missing=missing)
 
 
 def class_probabilities(out: np.ndarray) -> np.ndarray:

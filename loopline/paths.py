@@ -14,9 +14,11 @@ MODEL_FILES = {
     "schema": "schema.json",
     "stats": "stats.json",
     "training": "training.json",
+    "holdout": "holdout.pt",
 }
 """The trained model's directory (artifacts/model): PyTorch weights, network spec, the frozen schema, the
-preprocessing statistics and the training record."""
+preprocessing statistics and the training record; with train.refit: all, also the holdout network's
+weights (the selection run, which never saw the test rows, and which the test split judges)."""
 PROJECT_FILES = (
     "dvc.yaml",
     "params.yaml",
@@ -175,6 +177,12 @@ class ProjectPaths:
         return self.evaluate_dir / "slices.json"
 
     @property
+    def test_predictions(self) -> Path:
+        """The judged network's outputs on the test rows, in their order (the gate's paired comparisons
+        and monitoring's normal error read them)."""
+        return self.evaluate_dir / "test_predictions.parquet"
+
+    @property
     def evaluate_classes(self) -> Path:
         return self.evaluate_dir / "classes.json"
 
@@ -239,6 +247,11 @@ class ProjectPaths:
         """Every served record (serving/request_log.py); $LOOPLINE_REQUEST_LOG moves it."""
         where = Settings.from_env().request_log
         return Path(where) if where and where != "off" else self.root / "data" / "requests"
+
+    @property
+    def refused_log_dir(self) -> Path:
+        """Requests refused as invalid (400): when, and which fields were wrong (monitoring's input checks)."""
+        return self.request_log_dir / "_refused"
 
     @property
     def ground_truth_dir(self) -> Path:

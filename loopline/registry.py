@@ -51,6 +51,9 @@ EXPECTED_FILE = "golden_expected.json"
 """The trained model's predictions on them, with the tolerance: {"predictions", "atol", "rtol"}."""
 TEST_ROWS_FILE = "test.parquet"
 """The test split it was judged on, so that it can be judged again against a later champion."""
+TEST_PREDICTIONS_FILE = "test_predictions.parquet"
+"""The judged network's outputs on those rows (with train.refit: all, the holdout network's: the served
+model learned the test rows): the gate's paired comparisons and monitoring's normal error."""
 REFERENCE_FILE = "reference.parquet"
 """The training split it learned from: monitoring's reference for drift."""
 STORE_FILES = (MODEL_FILE, SCHEMA_FILE, CARD_FILE, METADATA_FILE, GOLDEN_FILE, EXPECTED_FILE)
@@ -194,10 +197,28 @@ class Registry:
         previous = list(state.get("previous", []))
         if state.get("version") and state["version"] != version_id:
             previous.append(state["version"])
-        new = {"version": version_id, "since": now(), "previous": previous}
+        new = {"version": version_id, "since": now(), "previous": previous, "shadow": state.get("shadow", {})}
         self._write_pointer(new)
         self._event({**event, "version": version_id, "replaced": state.get("version")})
         return new
+
+    def shadows(self) -> dict[str, str]:
+        """Versions scored in shadow beside production: version -> role ("challenger": a candidate that
+        must prove itself on live traffic; "previous": the model production replaced, watched for a
+        rollback)."""
+        return dict(self.pointer_state().get("shadow", {}))
+
+    def set_shadow(self, version_id: str, role: str | None, event: dict[str, Any]) -> None:
+        """Score a version in shadow in `role`, or stop (role None); call with the lock held."""
+        state = self.pointer_state()
+        shadow = dict(state.get("shadow", {}))
+        if role is None:
+            if shadow.pop(version_id, None) is None:
+                return
+        else:
+            shadow[version_id] = role
+        self._write_pointer({**state, "shadow": shadow})
+        self._event({**event, "version": version_id, "shadow_role": role})
 
     def rollback(self, reason: str) -> tuple[str, str]:
         """Production goes back to the version it replaced; returns (from, to). Call with the lock held."""
@@ -206,7 +227,8 @@ class Registry:
         if not state.get("version") or not previous:
             raise RegistryError("nothing to roll back to: production has no previous version")
         target = previous.pop()
-        self._write_pointer({"version": target, "since": now(), "previous": previous})
+        shadow = {v: r for v, r in state.get("shadow", {}).items() if v != target}
+        self._write_pointer({"version": target, "since": now(), "previous": previous, "shadow": shadow})
         self._event({"event": "rollback", "version": target, "replaced": state["version"], "reason": reason})
         return state["version"], target
 

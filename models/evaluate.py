@@ -24,7 +24,7 @@ from loopline.config import EvaluateParams, load_params
 from loopline.errors import ConfigError
 from loopline.features import class_probabilities, encode_target
 from loopline.metrics import confusion, metrics_by_slice, per_class_metrics, task_metrics
-from loopline.paths import ProjectPaths
+from loopline.paths import MODEL_FILES, ProjectPaths
 from loopline.schema import FeatureSchema
 from loopline.stage import run_stage
 from models.baselines import load_baselines
@@ -127,7 +127,10 @@ def plot_evaluation(frame: pd.DataFrame, pred: np.ndarray, schema: FeatureSchema
 def run_evaluate(paths: ProjectPaths | None = None) -> Evaluation:
     paths = paths or ProjectPaths.here()
     params = load_params(paths.params)
-    model, schema = load_model(paths.model_dir)
+    # With train.refit: all the served network learned the test rows; the holdout network (the same
+    # recipe's selection run, which did not) is the one the test split can judge.
+    holdout = (paths.model_dir / MODEL_FILES["holdout"]).is_file()
+    model, schema = load_model(paths.model_dir, "holdout" if holdout else "weights")
     test = pd.read_parquet(paths.split("test"))
     model_pred = predict(model, test, schema)
     fitted = load_baselines(paths.baseline_models)
@@ -135,6 +138,7 @@ def run_evaluate(paths: ProjectPaths | None = None) -> Evaluation:
     result = evaluate(model_pred, baselines, test, schema, params.evaluate)
     with StagedOutputs() as out:
         write_json(out.path(paths.evaluate_metrics), {"rows": len(test), **result.metrics})
+        prediction_frame(model_pred).to_parquet(out.path(paths.test_predictions), index=False)
         write_json(out.path(paths.evaluate_slices), result.slices)
         if result.classes is not None:
             write_json(out.path(paths.evaluate_classes), result.classes)
@@ -144,6 +148,14 @@ def run_evaluate(paths: ProjectPaths | None = None) -> Evaluation:
     for name in fitted:
         log.info("test rows %d: %s %s", len(test), name, _fmt(result.metrics[name]))
     return result
+
+
+def prediction_frame(pred: np.ndarray) -> pd.DataFrame:
+    """Outputs as columns: `output` (a value or P(class 1)), or `output_<k>` per class probability."""
+    pred = np.asarray(pred, dtype=np.float64)
+    if pred.ndim == 1:
+        return pd.DataFrame({"output": pred})
+    return pd.DataFrame({f"output_{k}": pred[:, k] for k in range(pred.shape[1])})
 
 
 def _fmt(metrics: dict[str, float]) -> str:

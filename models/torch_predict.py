@@ -16,8 +16,9 @@ from loopline.schema import FeatureSchema, load_schema
 from models.network import EnsembleNet, NetworkSpec, TabularNet
 
 
-def load_model(model_dir: Path) -> tuple[TabularNet | EnsembleNet, FeatureSchema]:
-    """The model in `model_dir`: one network, or an ensemble when spec.json lists its members' specs."""
+def load_model(model_dir: Path, weights: str = "weights") -> tuple[TabularNet | EnsembleNet, FeatureSchema]:
+    """The model in `model_dir`: one network, or an ensemble when spec.json lists its members' specs.
+    `weights="holdout"`: the holdout network (train.refit: all), the one the test split judges."""
     spec = json.loads((model_dir / MODEL_FILES["spec"]).read_text())
     schema_file = model_dir / MODEL_FILES["schema"]
     schema = load_schema(schema_file)
@@ -26,7 +27,7 @@ def load_model(model_dir: Path) -> tuple[TabularNet | EnsembleNet, FeatureSchema
         model = EnsembleNet([NetworkSpec(**member) for member in spec["ensemble"]])
     else:
         model = TabularNet(NetworkSpec(**spec))
-    model.load_state_dict(torch.load(model_dir / MODEL_FILES["weights"], map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(model_dir / MODEL_FILES[weights], map_location="cpu", weights_only=True))
     return model.eval(), schema
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ from models.trainer import (
 log = logging.getLogger(__name__)
 
 
+REFIT_SPLITS = {"off": (), "train_val": ("train", "val"), "all": ("train", "val", "test")}
+"""What each train.refit trains the served network on."""
+
+
 @dataclass
 class PreparedSplits:
     schema: FeatureSchema
@@ -56,6 +60,17 @@ class PreparedSplits:
         frame = self.frames[split]
         enc = encode_features(frame, self.schema)
         weight = self.train_weights if split == "train" else None
+        return make_batch(enc.numeric, enc.categorical, encode_target(frame, self.schema), weight)
+
+    def refit_batch(self, splits: tuple[str, ...]) -> Batch:
+        """The rows of `splits` together, in time order for time-split data (train, val, test); the
+        training rows keep their recency weights, the others weigh as the newest training row."""
+        frame = pd.concat([self.frames[s] for s in splits], ignore_index=True)
+        enc = encode_features(frame, self.schema)
+        weight = None
+        if self.train_weights is not None:
+            rest = sum(len(self.frames[s]) for s in splits[1:])
+            weight = np.concatenate([self.train_weights, np.full(rest, self.train_weights.max(), np.float32)])
         return make_batch(enc.numeric, enc.categorical, encode_target(frame, self.schema), weight)
 
 
@@ -121,9 +136,15 @@ class Fitted:
 
     model: TabularNet
     result: TrainResult
+    """The selection run's (early-stopped on the validation split)."""
     lr: float
     lr_range: LRRangeResult | None
     checks: list[CheckResult]
+    refit: TrainResult | None = None
+    """The refit run's, when train.refit trained `model` afresh on more rows."""
+    holdout: TabularNet | None = None
+    """The selection run's network when `model` learned the test rows too (train.refit: all): the test
+    split judges this one."""
 
 
 def fit(
@@ -137,11 +158,15 @@ def fit(
     rank: int = 0,
     world: int = 1,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    refit: tuple[str, ...] | None = None,
 ) -> Fitted:
-    """Build, check, and train one network on data's train split, early-stopped on its val split.
+    """Build, check, and train one network on data's train split, early-stopped on its val split; then,
+    with train.refit, train a fresh one on the train and val rows for the selected number of epochs.
 
     Recipe checks raise on failure (RecipeCheckError); the LR range test runs when `find_lr` or when
-    train.lr is 'auto'. `on_epoch` sees every epoch's losses (the tuner's pruning hook)."""
+    train.lr is 'auto'. `on_epoch` sees every epoch's losses of the selection run (the tuner's pruning
+    hook; a tuner passes `refit=()`: a trial is scored by its selection run). `refit` names the splits
+    to refit on (default: train.refit's)."""
     recipe = params.train
     seed_everything(params.seed, recipe.deterministic)
     train, val = data.batch("train"), data.batch("val")
@@ -175,9 +200,53 @@ def fit(
         world=world,
         on_epoch=on_epoch,
     )
+    if refit is None:
+        refit = REFIT_SPLITS[recipe.refit]
+    refit_result, holdout = None, None
+    if refit:
+        selected = model
+        model, refit_result = refit_model(
+            data, params, refit, result.best_epoch + 1, lr, device, checkpoint, fingerprint, rank, world
+        )
+        holdout = selected if "test" in refit else None
     if checkpoint is not None and rank == 0:
         preamble_file(checkpoint).unlink(missing_ok=True)  # the run finished: a new one checks afresh
-    return Fitted(model, result, lr, lr_range, checks)
+    return Fitted(model, result, lr, lr_range, checks, refit_result, holdout)
+
+
+def refit_model(
+    data: PreparedSplits,
+    params: Params,
+    splits: tuple[str, ...],
+    epochs: int,
+    lr: float,
+    device: torch.device,
+    checkpoint: Path | None,
+    fingerprint: str,
+    rank: int,
+    world: int,
+) -> tuple[TabularNet, TrainResult]:
+    """A fresh network (same seed, same preprocessing) trained on `splits` for the `epochs` the selection
+    run chose, keeping its last weights; resumable from its own checkpoint."""
+    recipe = params.train.model_copy(update={"epochs": epochs})
+    model = build_model(data, params)
+    torch.manual_seed(params.seed + 2)
+    log.info("refit on %s for %d epochs", " + ".join(splits), epochs)
+    result = train_model(
+        model,
+        data.refit_batch(splits),
+        data.batch("val"),
+        recipe,
+        seed=params.seed,
+        lr=lr,
+        device=device,
+        checkpoint=None if checkpoint is None else checkpoint.with_name(f"{checkpoint.stem}-refit.pt"),
+        fingerprint=f"{fingerprint}:refit:{'+'.join(splits)}:{epochs}",
+        rank=rank,
+        world=world,
+        restore_best=False,
+    )
+    return model, result
 
 
 # A run's preamble (recipe checks, LR range test) is recorded beside its checkpoint as soon as it
@@ -234,8 +303,10 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
 
     fitted = fit_runs(paths, data, runs, rank, world)
     model = one_model(fitted)
+    holdout = one_model([replace(f, model=f.holdout) for f in fitted]) if fitted[0].holdout is not None else None
     rank_gap = max(max_parameter_gap_across_ranks(f.model) for f in fitted) if world > 1 else 0.0
     model.cpu().eval()
+    judged = model if holdout is None else holdout.cpu().eval()  # the network that never saw the test rows
     if rank != 0:
         dist.barrier()
         return {}
@@ -246,26 +317,35 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
         split: task_metrics(
             data.schema.task.value,
             encode_target(data.frames[split], data.schema),
-            predict(model, data.frames[split], data.schema),
+            predict(judged, data.frames[split], data.schema),
         )
         for split in ("val", "test")
     }
     records = [training_record(f, device, precision, world, rank_gap) for f in fitted]
     training, checks = training_report(fitted, records, tuned)
+    training["refit_on"] = params_refit(runs[0])
     summary = {
         "val": metrics["val"],
         "test": metrics["test"],
         "best_epoch": fitted[0].result.best_epoch,
         "epochs_run": len(fitted[0].result.history),
+        "refit_on": params_refit(runs[0]),
+        "judged_by": "holdout network (the selection run)" if holdout is not None else "the served network",
         "lr": fitted[0].lr,
         **({"ensemble_members": len(fitted)} if len(fitted) > 1 else {}),
     }
-    save_outputs(paths, data, runs, fitted, model, training, checks, summary)
+    save_outputs(paths, data, runs, fitted, model, training, checks, summary, holdout)
     if world > 1:
         dist.barrier()
     log.info("val %s", _fmt(metrics["val"]))
     log.info("test %s", _fmt(metrics["test"]))
     return summary
+
+
+def params_refit(params: Params) -> str:
+    """What the served network learned from: "train" (the selection run's), "train+val" or
+    "train+val+test" (a refit)."""
+    return "+".join(REFIT_SPLITS[params.train.refit]) or "train"
 
 
 def fit_runs(paths: ProjectPaths, data: PreparedSplits, runs: list[Params], rank: int, world: int) -> list[Fitted]:
@@ -334,11 +414,14 @@ def save_outputs(
     training: dict[str, Any],
     checks: list[dict[str, Any]],
     summary: dict[str, Any],
+    holdout: TabularNet | EnsembleNet | None = None,
 ) -> None:
     """The model directory, the stage's metrics, reports, plots and DVCLive folder, all or nothing."""
     with StagedOutputs() as out:
         model_dir = out.path(paths.model_dir, directory=True)
         torch.save(model.state_dict(), model_dir / MODEL_FILES["weights"])
+        if holdout is not None:
+            torch.save(holdout.state_dict(), model_dir / MODEL_FILES["holdout"])
         spec = {"ensemble": [f.model.spec.to_dict() for f in fitted]} if len(fitted) > 1 else model.spec.to_dict()
         write_json(model_dir / MODEL_FILES["spec"], spec)
         write_json(model_dir / MODEL_FILES["schema"], data.schema.to_dict())
@@ -368,6 +451,14 @@ def training_record(f: Fitted, device: torch.device, precision: str, world: int,
         "resumed_from": r.resumed_from,
         "max_parameter_gap_across_ranks": rank_gap,
         "history": r.history,
+        "refit": None
+        if f.refit is None
+        else {
+            "epochs": len(f.refit.history),
+            "steps": f.refit.steps,
+            "resumed_from": f.refit.resumed_from,
+            "history": f.refit.history,
+        },
     }
 
 

@@ -374,9 +374,12 @@ def train_model(
     rank: int = 0,
     world: int = 1,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    restore_best: bool = True,
 ) -> TrainResult:
     """Train in place and restore the best epoch's weights. `on_epoch` sees each epoch's record (epoch,
-    train_loss, val_loss, lr, step) once it is final; what it raises ends the run (a pruned trial)."""
+    train_loss, val_loss, lr, step) once it is final; what it raises ends the run (a pruned trial).
+    `restore_best=False` (a refit, whose validation rows are among its training rows): every epoch
+    runs and the last epoch's weights stay."""
     precision = resolve_precision(recipe.precision, device)
     model.to(device)
     train, val = train.to(device), val.to(device)
@@ -428,7 +431,7 @@ def train_model(
         snapshot()
         if on_epoch is not None:
             on_epoch(record)
-        if state.bad_epochs >= recipe.patience:
+        if restore_best and state.bad_epochs >= recipe.patience:
             result.stopped_early = True
             log.info(
                 "early stopping: no improvement for %d epochs; restoring epoch %d", state.bad_epochs, result.best_epoch
@@ -438,7 +441,8 @@ def train_model(
     elapsed = _now(device) - timer_start
     result.samples_per_second = timer_rows / elapsed if elapsed > 0 else 0.0
     progress.close()
-    model.load_state_dict(state.best_state)
+    if restore_best:
+        model.load_state_dict(state.best_state)
     state.epoch, state.batch_in_epoch = recipe.epochs, 0
     snapshot(finished=True)
     return result

@@ -2,7 +2,7 @@
 
 SMTP settings come from the environment (LOOPLINE_SMTP_HOST, _PORT, _SECURITY = starttls | ssl | none,
 _USER, _PASSWORD) or from a Prefect `EmailServerCredentials` block named by LOOPLINE_SMTP_BLOCK;
-recipients, sender, cooldown and retry waits are in params.yaml (`monitor.alerts`).
+recipients, sender, reminder interval and retry waits are in params.yaml (`monitor.alerts`).
 
 The outbox (`outbox/` in the project unless LOOPLINE_OUTBOX says otherwise):
 - `pending/`: composed, not yet delivered. Every message is written here first (atomically), so an alert
@@ -13,13 +13,12 @@ The outbox (`outbox/` in the project unless LOOPLINE_OUTBOX says otherwise):
 - `local/`: with no SMTP configured (the embedded default) messages are written here as .eml files,
   which are the delivery; the path is printed.
 
-Incidents: an alert's key is its kind ("drift" or "degradation"); within `cooldown_hours` of an alert
-the same kind does not alert again, and does not start another retraining.
+Which incidents alert, and when again, is the monitoring check's (monitoring.check.plan_alerts: an open
+incident alerts again when it gets worse, or as a reminder after `remind_hours`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import mimetypes
 import os
@@ -29,7 +28,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -169,23 +168,3 @@ class Outbox:
                 else:
                     result.pending.append(path)
         return result
-
-
-class Incidents:
-    """When each kind of incident ("drift", "degradation") last alerted, in a JSON file, under a file lock."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def claim(self, key: str, now: datetime, cooldown: timedelta) -> bool:
-        """True (and recorded) when `key` has not alerted within `cooldown` before `now`."""
-        with file_lock(self.path.with_suffix(".lock")):
-            state = json.loads(self.path.read_text()) if self.path.is_file() else {}
-            last = state.get(key, {}).get("last_alert")
-            if last is not None and now - datetime.fromisoformat(last) < cooldown:
-                return False
-            state[key] = {"last_alert": now.isoformat(), "alerts": state.get(key, {}).get("alerts", 0) + 1}
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state, indent=2))
-            os.replace(tmp, self.path)
-            return True

@@ -1,10 +1,11 @@
-"""The monitoring check: a window of served records against the production model's training data.
+"""Drift, as context: a window of served records against the production model's training data.
 
 Evidently 0.7 tests each feature and the prediction for drift (the methods, thresholds and the share of
 drifted columns that makes a drift are in params.yaml, `monitor.drift`); once delayed labels have
-arrived, the window's error is compared with the model's error on its test split, recorded at
-registration (`monitor.max_degradation`), and Evidently's regression or classification report is
-added. A window with fewer than `monitor.min_rows` records gets no verdict: "insufficient data".
+arrived, Evidently's regression or classification report is added. Drift is reported, weighted by each
+feature's importance to the model, in the summary and the email; it is not an alarm by itself (the
+verdict is monitoring.decide's, on the model's error). A window with fewer than `monitor.min_rows`
+records gets no verdict: "insufficient data".
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import pandas as pd
 
 from loopline.config import MonitorParams
 from loopline.features import class_probabilities
-from loopline.metrics import primary_metric, task_metrics
 from loopline.schema import FeatureSchema, Task
 
 PREDICTION = "prediction"
@@ -38,63 +38,73 @@ class ColumnDrift:
 
 
 @dataclass
-class Performance:
-    metric: str
-    window: float
-    reference: float
-    degradation: float
-    """(window error - reference error) / reference error, errors as the gate measures them."""
-    degraded: bool
-    labelled_rows: int
-
-
-@dataclass
 class WindowCheck:
-    """The verdict on one window of served traffic: drift per column, performance once labelled."""
+    """One window of served traffic: its verdict (monitoring.decide's), with drift per column as context."""
 
     model_version: str
     window_start: str
     window_end: str
     rows: int
     verdict: str
-    """"insufficient data", "ok", "drift", "degraded" or "drift and degraded"."""
+    """"insufficient data", "normal", "degraded", "badly degraded", "failing", or "input problem"
+    (also "... and input problem")."""
     drift_share: float | None = None
     share_threshold: float | None = None
     columns: list[ColumnDrift] = field(default_factory=list)
-    performance: Performance | None = None
+    importance: dict[str, float] = field(default_factory=dict)
+    """Each feature's share of the model's permutation importance on the reference rows."""
     min_rows: int = 0
+    decision: dict[str, Any] = field(default_factory=dict)
+    """monitoring.decide.Decision.to_dict(): harm, input problems, shadow verdicts."""
+    event_times: tuple[str, str] | None = None
+    """The first and last event time of the window's records (the schema's time column), when sent."""
 
     @property
     def drifted(self) -> list[ColumnDrift]:
         return [c for c in self.columns if c.drifted]
 
     @property
-    def alarming(self) -> bool:
-        return self.verdict in ("drift", "degraded", "drift and degraded")
+    def weighted_drift_share(self) -> float | None:
+        """The drifted columns' share of the model's importance (None before a drift test ran)."""
+        if self.drift_share is None:
+            return None
+        return round(sum(self.importance.get(c.column, 0.0) for c in self.drifted), 4)
+
+    @property
+    def period(self) -> str:
+        start, end = self.event_times or (self.window_start, self.window_end)
+        return f"{_day(start)} to {_day(end)}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "weighted_drift_share": self.weighted_drift_share}
 
     def summary(self) -> str:
         """One paragraph for people: the verdict and what it rests on."""
         if self.verdict == "insufficient data":
             return (
                 f"insufficient data: {self.rows} served records in the window, fewer than the "
-                f"{self.min_rows} needed to judge drift; no verdict"
+                f"{self.min_rows} needed to judge; no verdict"
             )
-        parts = [f"{self.verdict}: {self.rows} served records, model {self.model_version}"]
+        parts = [f"{self.verdict}: {self.rows} served records of {self.period}, model {self.model_version[:8]}"]
+        harm = self.decision.get("harm") or {}
+        c = harm.get("comparison")
+        if c:
+            source = "from labels" if harm.get("source") == "labels" else "estimated without labels"
+            parts.append(
+                f"{harm.get('metric') or 'error'} {c['error']:.3g} on {c['rows']} records ({source}) against "
+                f"{c['reference_error']:.3g} normally: {c['change']:+.0%} ({c['confidence']:.0%} interval "
+                f"{c['low']:+.0%} to {c['high']:+.0%})"
+            )
         if self.drift_share is not None:
             parts.append(
-                f"{len(self.drifted)} of {len(self.columns)} columns drifted "
-                f"(share {self.drift_share:.2f}, threshold {self.share_threshold:.2f})"
-            )
-        if self.performance is not None:
-            p = self.performance
-            parts.append(
-                f"{p.metric} {p.window:.4g} on {p.labelled_rows} labelled records against {p.reference:.4g} "
-                f"at registration ({p.degradation:+.0%} error)"
+                f"drift (context): {len(self.drifted)} of {len(self.columns)} columns, "
+                f"{self.weighted_drift_share:.0%} of the model's importance"
             )
         return "; ".join(parts)
+
+
+def _day(value: str) -> str:
+    return str(value)[:16].replace("T", " ")
 
 
 def check_window(
@@ -104,7 +114,6 @@ def check_window(
     params: MonitorParams,
     *,
     model_version: str,
-    reference_metrics: dict[str, float],
     window_start: datetime,
     window_end: datetime,
 ) -> tuple[WindowCheck, dict[str, Any]]:
@@ -149,17 +158,12 @@ def check_window(
     target = schema.target
     labelled = window[window[target].notna()] if target in window else window.iloc[:0]
     if len(labelled) >= params.min_labelled_rows:
-        result.performance = _performance(labelled, schema, params, reference_metrics)
         with_target = _definition(schema, with_target=True)
         snapshots["performance"] = Report([_performance_preset(schema)]).run(
             Dataset.from_pandas(labelled[columns + [target]], data_definition=with_target),
             Dataset.from_pandas(reference[columns + [target]], data_definition=with_target),
         )
-    drifting = result.drift_share >= drift.share
-    degraded = result.performance is not None and result.performance.degraded
-    result.verdict = (
-        "drift and degraded" if drifting and degraded else "drift" if drifting else "degraded" if degraded else "ok"
-    )
+    result.verdict = "normal"
     return result, snapshots
 
 
@@ -189,32 +193,6 @@ def _performance_preset(schema: FeatureSchema) -> Any:
     from evidently.presets import ClassificationPreset, RegressionPreset
 
     return RegressionPreset() if schema.task is Task.REGRESSION else ClassificationPreset()
-
-
-def _performance(
-    labelled: pd.DataFrame, schema: FeatureSchema, params: MonitorParams, reference_metrics: dict[str, float]
-) -> Performance:
-    from loopline.metrics import error_of
-
-    metric = primary_metric(schema.task.value)
-    y = labelled[schema.target].to_numpy()
-    if schema.task.is_classification:  # accuracy from the predicted classes
-        value = float(
-            np.mean(labelled[PREDICTION].astype(str).to_numpy() == labelled[schema.target].astype(str).to_numpy())
-        )
-    else:
-        value = task_metrics("regression", y.astype(np.float64), labelled[PREDICTION].to_numpy(np.float64))[metric]
-    reference = float(reference_metrics[metric])
-    ref_error, error = error_of(metric, reference), error_of(metric, value)
-    degradation = (error - ref_error) / ref_error if ref_error > 0 else float("inf") if error > 0 else 0.0
-    return Performance(
-        metric=metric,
-        window=value,
-        reference=reference,
-        degradation=degradation,
-        degraded=degradation > params.max_degradation,
-        labelled_rows=len(labelled),
-    )
 
 
 def _column_drift(report: dict[str, Any]) -> tuple[list[ColumnDrift], float]:

@@ -8,9 +8,11 @@ there is no "no verdict". Rules (params.yaml `gate:`):
   in which none applies fails);
 - baselines: the candidate cuts each named baseline's error by `baseline_margin` on each metric of
   `compare_metrics` that the task has;
-- champion: on the same test rows, the candidate's error is at most `champion_tolerance` above the
-  production model's, overall and on every slice large enough to judge. The first model has no
-  champion, and the report says so.
+- champion: on the same test rows, the candidate's error is not above the production model's by more
+  than `champion_tolerance` with `champion_confidence` (a paired bootstrap over the rows, so a slice's
+  sampling noise is no reason to reject), overall and on every slice large enough to judge. The first
+  model has no champion, and the report says so. Promotion over a champion is decided on live traffic
+  (monitoring.decide, `promote:`); this rule keeps a candidate clearly worse somewhere out of shadow.
 
 "Error" is the metric itself for errors and losses (MAE, RMSE, log loss) and 1 - score for scores
 bounded by 1 (accuracy, F1, ROC-AUC, R2), so a 5% margin asks as much of a 0.95 accuracy as of a 0.6 one;
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from loopline.config import GateParams
+from loopline.evidence import Comparison
 from loopline.metrics import error_of, lower_is_better
 
 
@@ -87,6 +90,11 @@ class Evidence:
     champion: str | None = None
     champion_metrics: dict[str, float] | None = None
     champion_slices: dict[str, dict[str, dict[str, Any]]] | None = None
+    champion_rows: int | None = None
+    """The candidate's test rows newer than anything the champion learned: those it is compared on."""
+    champion_comparisons: dict[str, Comparison] | None = None
+    """The candidate's per-row error against the champion's on the same test rows: "overall" and
+    "<column>=<value>" for each judged slice."""
 
 
 def _from_error(metric: str, error: float) -> float:
@@ -193,11 +201,18 @@ def baseline_rules(rules: GateParams, ev: Evidence, compare: list[str]) -> list[
 
 
 def champion_rules(rules: GateParams, ev: Evidence, compare: list[str], notes: list[str]) -> list[Rule]:
-    """Not worse than production by more than champion_tolerance, overall and on every judged slice."""
+    """Not worse than production by more than champion_tolerance with champion_confidence, overall and
+    on every judged slice (paired comparisons on the same test rows)."""
     if ev.champion is None:
         notes.append("first model: there is no production model to compare with")
         return []
-    if ev.champion_metrics is None:
+    if ev.champion_rows == 0:
+        notes.append(
+            f"no test row of the candidate can be judged for both it and production {ev.champion[:8]} by "
+            "networks that did not learn it: they are compared on live traffic in shadow (promote:)"
+        )
+        return []
+    if not ev.champion_comparisons:
         return [
             Rule(
                 "champion",
@@ -207,37 +222,18 @@ def champion_rules(rules: GateParams, ev: Evidence, compare: list[str], notes: l
                 "the production model could not be scored on the candidate's test rows",
             )
         ]
-    tolerance = rules.champion_tolerance
+    tolerance, confidence = rules.champion_tolerance, rules.champion_confidence
     out = []
-    for metric in compare:
-        ok, bound = _not_worse(metric, ev.metrics[metric], ev.champion_metrics[metric], tolerance)
+    for key, c in ev.champion_comparisons.items():
         out.append(
             Rule(
-                f"champion:{metric}",
-                ev.metrics[metric],
-                round(bound, 6),
-                ok,
-                f"production {ev.champion} {ev.champion_metrics[metric]:.6g}, tolerance {tolerance:g}",
+                f"champion:{key}",
+                round(c.change, 4),
+                f"not above +{tolerance:.0%} with {confidence:.0%} confidence",
+                not c.above(tolerance),
+                f"error against production {ev.champion[:8]}: {c.describe()}",
             )
         )
-    for column, values in ev.slices.items():
-        for value, cand in values.items():
-            champ = (ev.champion_slices or {}).get(column, {}).get(value)
-            if not cand.get("judged") or champ is None:
-                continue
-            for metric in compare:
-                if not (_finite(cand.get(metric)) and _finite(champ.get(metric))):
-                    continue
-                ok, bound = _not_worse(metric, cand[metric], champ[metric], tolerance)
-                out.append(
-                    Rule(
-                        f"champion:{column}={value}:{metric}",
-                        cand[metric],
-                        round(bound, 6),
-                        ok,
-                        f"production {champ[metric]:.6g} on {cand['rows']} rows",
-                    )
-                )
     return out
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 from loopline.atomic import write_json
 from loopline.config import GateParams, load_params
 from loopline.errors import LooplineError
+from loopline.evidence import Comparison, compare_paired, row_errors
 from loopline.features import encode_target
 from loopline.metrics import metrics_by_slice, task_metrics
 from loopline.paths import MODEL_FILES, ProjectPaths
@@ -33,6 +34,7 @@ from loopline.registry import (
     GOLDEN_FILE,
     REFERENCE_FILE,
     SCHEMA_FILE,
+    TEST_PREDICTIONS_FILE,
     TEST_ROWS_FILE,
     Registry,
     RegistryError,
@@ -62,24 +64,28 @@ def version_schema(version: Version) -> FeatureSchema:
     return load_schema(version.file(SCHEMA_FILE))
 
 
-def score_version(
-    version: Version, frame: pd.DataFrame, schema: FeatureSchema, slice_columns: list[str], min_slice_rows: int
-) -> tuple[dict[str, float], dict[str, Any]] | None:
-    """A registered model's metrics on the given rows, overall and per slice; None if it cannot score
-    them (another task or target, or feature columns it needs are missing)."""
-    champion_schema = version_schema(version)
-    if champion_schema.task != schema.task or champion_schema.target != schema.target:
-        return None
-    if any(c.name not in frame.columns for c in champion_schema.features):
-        return None
-    pred = onnx_predict_file(version.model, frame, champion_schema)
+def paired_comparisons(
+    candidate: np.ndarray,
+    champion: np.ndarray,
+    frame: pd.DataFrame,
+    schema: FeatureSchema,
+    slice_columns: list[str],
+    min_slice_rows: int,
+    confidence: float,
+) -> dict[str, Comparison]:
+    """The candidate's per-row error against the champion's on the same rows: overall and on each slice
+    of at least `min_slice_rows` rows."""
     y = encode_target(frame, schema)
     task = schema.task.value
-    present = [c for c in slice_columns if c in frame.columns]
-    return task_metrics(task, y, pred), metrics_by_slice(frame, y, pred, task, present, min_slice_rows)
+    mine, theirs = row_errors(task, y, candidate), row_errors(task, y, champion)
+    out = {"overall": compare_paired(mine, theirs, confidence=confidence)}
+    for column in (c for c in slice_columns if c in frame.columns):
+        for value, index in frame.groupby(column, observed=True).indices.items():
+            if len(index) >= min_slice_rows:
+                out[f"{column}={value}"] = compare_paired(mine[index], theirs[index], confidence=confidence)
+    return out
 
 
-# ------------------------------------------------------------------------------------- evidence
 def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -93,6 +99,8 @@ class Candidate:
     slices: dict[str, Any]
     training: dict[str, Any]
     parity: dict[str, Any] | None
+    test_outputs: np.ndarray
+    """The judged network's outputs on the test rows (evaluate's test_predictions.parquet)."""
 
 
 def load_candidate(paths: ProjectPaths) -> Candidate:
@@ -103,6 +111,7 @@ def load_candidate(paths: ProjectPaths) -> Candidate:
             paths.golden_expected,
             paths.evaluate_metrics,
             paths.evaluate_slices,
+            paths.test_predictions,
             paths.model_dir / MODEL_FILES["training"],
         )
         if not p.is_file()
@@ -117,7 +126,36 @@ def load_candidate(paths: ProjectPaths) -> Candidate:
         slices=_json(paths.evaluate_slices),
         training=_json(paths.model_dir / MODEL_FILES["training"]),
         parity=_json(paths.export_report),
+        test_outputs=read_outputs(paths.test_predictions),
     )
+
+
+def read_outputs(path: Path) -> np.ndarray:
+    """Outputs written by models.evaluate.prediction_frame: values, P(class 1), or class probabilities."""
+    frame = pd.read_parquet(path)
+    return frame["output"].to_numpy() if list(frame.columns) == ["output"] else frame.to_numpy()
+
+
+def test_outputs(version: Version) -> np.ndarray:
+    """A version's judged outputs on its test rows (its ONNX model's, for a version registered before
+    they were stored: it then learned none of them)."""
+    if version.file(TEST_PREDICTIONS_FILE).is_file():
+        return read_outputs(version.file(TEST_PREDICTIONS_FILE))
+    test = pd.read_parquet(version.file(TEST_ROWS_FILE))
+    return onnx_predict_file(version.model, test, version_schema(version))
+
+
+def learned_until(version: Version) -> pd.Timestamp | None:
+    """The newest time a version's served model learned from, for a time-split schema: the end of its
+    test split when it was refit on it (train.refit: all), else the start (its train and val rows came
+    before). None without a time column."""
+    schema = version_schema(version)
+    column = schema.time_column
+    if column is None:
+        return None
+    times = pd.to_datetime(pd.read_parquet(version.file(TEST_ROWS_FILE), columns=[column])[column])
+    refit_on = version.metadata.get("training", {}).get("refit_on", "train")
+    return times.max() if "test" in refit_on else times.min()
 
 
 def gather_evidence(
@@ -125,12 +163,20 @@ def gather_evidence(
     slices: dict[str, Any],
     checks: list | None,
     parity: dict | None,
-    onnx_sha: str,
+    model_file: Path,
     schema: FeatureSchema,
     test: pd.DataFrame,
+    outputs: np.ndarray,
     registry: Registry,
     min_slice_rows: int,
+    rules: GateParams | None,
+    champion: str | None = None,
+    like_holdout: bool = False,
 ) -> Evidence:
+    """What the gate judges: the candidate's records, and the champion (`champion`, default the
+    production model) beside the candidate's judged `outputs` on the same test rows, neither judged
+    on rows it learned (`champion_outputs`; `like_holdout`: the candidate was refit on its test rows,
+    so its judged outputs are its holdout network's)."""
     baselines = {k: v for k, v in cand_metrics.items() if k not in ("model", "rows")}
     ev = Evidence(
         metrics=cand_metrics["model"],
@@ -138,19 +184,70 @@ def gather_evidence(
         baselines=baselines,
         checks=checks,
         parity=parity,
-        onnx_sha256=onnx_sha,
+        onnx_sha256=sha256_file(model_file),
     )
-    champion = registry.production()
+    champion = champion or registry.production()
     if champion is not None:
         ev.champion = champion
         try:
-            scored = score_version(registry.get(champion), test, schema, list(slices), min_slice_rows)
+            found = champion_outputs(registry.get(champion), test, schema, like_holdout=like_holdout)
         except LooplineError as exc:
             log.warning("production model %s cannot be scored: %s", champion, exc)
-            scored = None
-        if scored is not None:
-            ev.champion_metrics, ev.champion_slices = scored
+            found = None
+        if found is not None:
+            rows, champion_pred = found
+            ev.champion_rows = int(rows.sum())
+            if rows.any():
+                y = encode_target(test[rows], schema)
+                present = [c for c in slices if c in test.columns]
+                task = schema.task.value
+                ev.champion_metrics = task_metrics(task, y, champion_pred)
+                ev.champion_slices = metrics_by_slice(test[rows], y, champion_pred, task, present, min_slice_rows)
+                ev.champion_comparisons = paired_comparisons(
+                    np.asarray(outputs)[rows],
+                    champion_pred,
+                    test[rows],
+                    schema,
+                    list(slices),
+                    min_slice_rows,
+                    rules.champion_confidence if rules else 0.9,
+                )
     return ev
+
+
+def shared_rows(
+    test: pd.DataFrame, their_test: pd.DataFrame, their_outputs: np.ndarray, schema: FeatureSchema
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of `test` are also (once) in `their_test`, matched on features, target and time, and
+    their outputs there in `test`'s order."""
+    keys = [c.name for c in schema.features] + [schema.target] + ([schema.time_column] if schema.time_column else [])
+    if any(k not in their_test.columns or k not in test.columns for k in keys):
+        return np.zeros(len(test), dtype=bool), np.empty(0)
+    theirs = their_test[keys].assign(_position=np.arange(len(their_test))).drop_duplicates(keys, keep=False)
+    joined = test[keys].reset_index(drop=True).merge(theirs, on=keys, how="left")
+    rows = joined["_position"].notna().to_numpy()
+    return rows, np.asarray(their_outputs)[joined.loc[rows, "_position"].astype(int).to_numpy()]
+
+
+def champion_outputs(
+    version: Version, test: pd.DataFrame, schema: FeatureSchema, *, like_holdout: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Which of the candidate's test rows the champion can be compared on, and its outputs there, from a
+    network that did not learn them either: with `like_holdout` (the candidate's judged outputs are its
+    holdout network's), the champion's own judged outputs on the test rows both share; otherwise its
+    served model on the rows newer than anything it learned. None: it cannot score these rows."""
+    champion_schema = version_schema(version)
+    if champion_schema.task != schema.task or champion_schema.target != schema.target:
+        return None
+    if any(c.name not in test.columns for c in champion_schema.features):
+        return None
+    if like_holdout:
+        return shared_rows(test, pd.read_parquet(version.file(TEST_ROWS_FILE)), test_outputs(version), schema)
+    rows = np.ones(len(test), dtype=bool)
+    until = learned_until(version)
+    if until is not None:
+        rows = (pd.to_datetime(test[schema.time_column]) > until).to_numpy()
+    return rows, onnx_predict_file(version.model, test[rows], champion_schema)
 
 
 # ------------------------------------------------------------------------------ register, promote
@@ -167,11 +264,14 @@ def register_candidate(
         cand.slices,
         cand.training.get("checks"),
         cand.parity,
-        sha,
+        cand.onnx_file,
         cand.schema,
         cand.test,
+        cand.test_outputs,
         registry,
         params.evaluate.min_slice_rows,
+        params.gate,
+        like_holdout="test" in cand.training.get("refit_on", "train"),
     )
     report = judge(params.gate, ev)
     meta = lineage(
@@ -189,6 +289,7 @@ def register_candidate(
         GOLDEN_FILE: paths.golden_batch,
         EXPECTED_FILE: paths.golden_expected,
         TEST_ROWS_FILE: staging / TEST_ROWS_FILE,
+        TEST_PREDICTIONS_FILE: paths.test_predictions,
         REFERENCE_FILE: paths.split("train"),
     }
     version, created = registry.register(cand.onnx_file, files, meta, model_card(sha[:16], meta, cand.schema))
@@ -210,8 +311,11 @@ def verify_loads(version: Version) -> None:
         )
 
 
-def rejudge(version: Version, registry: Registry, rules: GateParams | None, min_slice_rows: int) -> GateReport:
-    """The gate again, from the version's own records, against the current production model."""
+def rejudge(
+    version: Version, registry: Registry, rules: GateParams | None, min_slice_rows: int, champion: str | None = None
+) -> GateReport:
+    """The gate again, from the version's own records, against `champion` (default: the current
+    production model)."""
     meta = version.metadata
     schema = version_schema(version)
     test = pd.read_parquet(version.file(TEST_ROWS_FILE))
@@ -221,19 +325,54 @@ def rejudge(version: Version, registry: Registry, rules: GateParams | None, min_
         meta["slices"],
         checks,
         meta.get("parity"),
-        meta["sha256"],
+        version.model,
         schema,
         test,
+        test_outputs(version),
         registry,
         min_slice_rows,
+        rules,
+        champion,
+        like_holdout="test" in meta.get("training", {}).get("refit_on", "train"),
     )
     return judge(rules, ev)
 
 
+def start_shadow(registry: Registry, version_id: str, role: str, event: dict[str, Any]) -> None:
+    """Have the service score a version in shadow (`role`: challenger or previous): the same checks as a
+    promotion (hash, loads, golden batch), into BentoML's store, then into the pointer's shadow set."""
+    with registry.locked():
+        version = registry.get(version_id)
+        try:
+            registry.verify_hash(version)
+        except RegistryError as exc:
+            raise PromotionRefused(str(exc)) from exc
+        verify_loads(version)
+        save_to_bentoml(version)
+        registry.set_shadow(version.id, role, {"event": "shadow", **event})
+
+
+def end_shadow(registry: Registry, version_id: str, event: dict[str, Any]) -> None:
+    with registry.locked():
+        registry.set_shadow(version_id, None, {"event": "shadow ended", **event})
+
+
 def promote(
-    paths: ProjectPaths, registry: Registry, version_id: str, *, force_reason: str | None = None
+    paths: ProjectPaths,
+    registry: Registry,
+    version_id: str,
+    *,
+    force_reason: str | None = None,
+    live: dict[str, Any] | None = None,
+    watch_previous: bool | None = None,
 ) -> dict[str, Any]:
+    """Point production at a version that passed the gate (or with `force_reason`). `live`: the live
+    evidence that decided it, recorded with the event; `watch_previous` (default: promote.rollback): the
+    replaced model is scored in shadow afterwards, so that a worse promotion is noticed and rolled back
+    on live labels."""
     params = load_params(paths.params)
+    if watch_previous is None:
+        watch_previous = params.promote.rollback
     with registry.locked():
         version = registry.get(version_id)
         try:
@@ -265,8 +404,15 @@ def promote(
             "forced": bool(force_reason and not report.passed),
             "reason": force_reason,
             "gate": report.to_dict(),
+            **({"live": live} if live else {}),
         }
         state = registry.set_production(version.id, event)
+        registry.set_shadow(version.id, None, {"event": "shadow ended", "reason": "promoted"})
+        if watch_previous and production:
+            for older, role in registry.shadows().items():
+                if role == "previous":
+                    registry.set_shadow(older, None, {"event": "shadow ended", "reason": "a newer promotion"})
+            registry.set_shadow(production, "previous", {"event": "shadow", "reason": f"replaced by {version.id}"})
     return {
         "version": version.id,
         "changed": True,
@@ -286,4 +432,5 @@ def rollback(paths: ProjectPaths, registry: Registry, reason: str) -> tuple[str,
                 raise PromotionRefused(f"cannot roll back to {target.id}: {exc}") from exc
             save_to_bentoml(target)
         old, new = registry.rollback(reason)
+        registry.set_shadow(new, None, {"event": "shadow ended", "reason": "rolled back to"})
     return old, new

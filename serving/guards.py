@@ -44,8 +44,17 @@ async def send_json(send: Send, status: int, body: dict[str, Any], headers: list
 
 
 class RequestGuard:
-    def __init__(self, app: Callable[..., Awaitable[None]], api_key: str | None, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        api_key: str | None,
+        max_body_bytes: int,
+        on_refused: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """`on_refused(path, body)` sees every request answered 400 for invalid input, with the error
+        body the client got (the service logs them: monitoring watches the share of refused requests)."""
         self.app = app
+        self.on_refused = on_refused
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
 
@@ -103,7 +112,8 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, reword_client_errors(send))
+        refused = None if self.on_refused is None else (lambda body: self.on_refused(scope["path"], body))
+        return await self.app(scope, replay, reword_client_errors(send, refused))
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         supplied = headers.get(b"authorization", b"")
@@ -126,8 +136,9 @@ def _is_json(content_type: bytes | None) -> bool:
     return content_type is None or content_type.split(b";")[0].strip().lower() == b"application/json"
 
 
-def reword_client_errors(send: Send) -> Send:
-    """`send`, except that a JSON 400 body from BentoML becomes Loopline's error body (see the module doc)."""
+def reword_client_errors(send: Send, on_refused: Callable[[dict[str, Any]], None] | None = None) -> Send:
+    """`send`, except that a JSON 400 body from BentoML becomes Loopline's error body (see the module doc),
+    which `on_refused` also sees."""
     held: dict[str, Any] | None = None
     chunks: list[bytes] = []
 
@@ -144,6 +155,11 @@ def reword_client_errors(send: Send) -> Send:
         if message.get("more_body"):
             return
         body = reword(b"".join(chunks))
+        if on_refused is not None:
+            try:
+                on_refused(json.loads(body))
+            except Exception:  # recording a refusal never changes the answer
+                log.warning("could not record a refused request", exc_info=True)
         headers = [(k, v) for k, v in held["headers"] if k.lower() not in (b"content-length", b"content-type")]
         await send(
             {

@@ -99,10 +99,15 @@ class ParquetWindows:
             self._files += 1
             name = f"part-{now:%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._files}.parquet"
             tmp = folder / f".{name}.tmp"
-            frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object}).to_parquet(tmp, index=False)
+            frame.astype({c: "string" for c in frame.columns if _text(frame[c])}).to_parquet(tmp, index=False)
             os.replace(tmp, folder / name)
         except Exception:  # the service keeps serving; the failure and the rows lost are logged
             log.exception("could not write %d rows to %s", sum(self._rows(p) for p in pending), self.directory)
+
+
+def _text(column: pd.Series) -> bool:
+    """An object column of text (stored as Parquet strings); bytes stay binary."""
+    return column.dtype == object and not (len(column) and isinstance(column.iloc[0], bytes))
 
 
 class RequestLog(ParquetWindows):
@@ -125,9 +130,11 @@ class RequestLog(ParquetWindows):
         features: EncodedFeatures,
         outputs: np.ndarray,
         event_times: list[Any] | None = None,
+        shadow: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Queue one request's encoded records, the model's outputs for them and the records' event times
-        (the schema's time column, None where a record did not send it); no I/O, no copying."""
+        """Queue one request's encoded records, the model's outputs for them, the records' event times
+        (the schema's time column, None where a record did not send it) and the outputs of the models
+        scored in shadow (version -> outputs); no I/O, no copying."""
         self.put(
             (
                 request_id,
@@ -136,6 +143,7 @@ class RequestLog(ParquetWindows):
                 features,
                 outputs,
                 event_times,
+                shadow or {},
             )
         )
 
@@ -174,7 +182,50 @@ class RequestLog(ParquetWindows):
         columns.update(prediction_columns(np.concatenate([item[4] for item in items]), self.schema))
         if self.schema.task.is_classification:
             columns["prediction"] = pd.Categorical(columns["prediction"], categories=list(self.schema.classes))
+        columns[MISSING_COLUMN] = _missing_masks(items, counts, len(self.schema.features))
+        for version in sorted({v for item in items for v in item[6]}):
+            columns[SHADOW_PREFIX + version] = self._shadow_predictions(items, counts, version)
         return pd.DataFrame(columns)
+
+    def _shadow_predictions(self, items: list[Any], counts: list[int], version: str) -> np.ndarray:
+        """A shadow model's prediction per row (null on rows served before it was scored)."""
+        parts = []
+        for item, n in zip(items, counts):
+            out = item[6].get(version)
+            if out is None:
+                parts.append(np.full(n, None if self.schema.task.is_classification else np.nan, dtype=object))
+            else:
+                parts.append(np.asarray(prediction_columns(out, self.schema)["prediction"], dtype=object))
+        values = np.concatenate(parts)
+        return values if self.schema.task.is_classification else values.astype(np.float64)
+
+
+MISSING_COLUMN = "missing_features"
+"""Per row, the features whose value was absent (and filled), as a bit mask in the schema's numeric then
+categorical order (`missing_matrix` reads it)."""
+SHADOW_PREFIX = "shadow_"
+"""`shadow_<version>`: the prediction of a model scored in shadow beside production on the same record."""
+
+
+def _missing_masks(items: list[Any], counts: list[int], features: int) -> list[bytes]:
+    masks = [
+        item[3].missing if item[3].missing is not None else np.zeros((n, features), dtype=bool)
+        for item, n in zip(items, counts)
+    ]
+    return [row.tobytes() for row in np.packbits(np.concatenate(masks), axis=1)]
+
+
+def missing_matrix(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """The logged rows' missing-value flags as one bool column per feature (numeric then categorical)."""
+    names = [c.name for c in schema.numeric_features] + [c.name for c in schema.categorical_features]
+    if MISSING_COLUMN not in frame.columns or frame.empty:
+        return pd.DataFrame(False, index=frame.index, columns=names)
+    packed = np.frombuffer(b"".join(frame[MISSING_COLUMN].fillna(b"").map(bytes)), dtype=np.uint8)
+    width = (len(names) + 7) // 8
+    if packed.size != width * len(frame):
+        return pd.DataFrame(False, index=frame.index, columns=names)
+    bits = np.unpackbits(packed.reshape(len(frame), width), axis=1)[:, : len(names)].astype(bool)
+    return pd.DataFrame(bits, index=frame.index, columns=names)
 
 
 def _repeated(values: list[str], counts: list[int]) -> pd.Categorical:

@@ -119,8 +119,10 @@ class ProductionWatcher(threading.Thread):
         on_change: Callable[[str], bool],
         poll_seconds: float,
         retry_seconds: float = 30.0,
+        on_shadow: Callable[[list[str]], None] | None = None,
     ) -> None:
         super().__init__(name="loopline-production-watcher", daemon=True)
+        self.on_shadow = on_shadow
         self.registry, self.seen, self.on_change, self.poll_seconds = registry, current, on_change, poll_seconds
         self.retry_seconds = retry_seconds
         self.failed_at: float | None = None
@@ -129,14 +131,17 @@ class ProductionWatcher(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.poll_seconds):
             try:
-                version = self.registry.production()
+                state = self.registry.pointer_state()
             except Exception:  # a pointer being replaced or unreadable: look again at the next poll
                 log.warning("production pointer unreadable; looking again in %.1f s", self.poll_seconds, exc_info=True)
                 continue
+            version = state.get("version")
             retry = self.failed_at is not None and time.monotonic() - self.failed_at >= self.retry_seconds
             if version and (version != self.seen or retry):
                 self.seen = version
                 self.failed_at = None if self.on_change(version) else time.monotonic()
+            if self.on_shadow is not None:
+                self.on_shadow(sorted(state.get("shadow", {})))
 
 
 class RecentIds:
@@ -208,8 +213,13 @@ class Predictor:
         self.ground_truth = ParquetWindows(paths.ground_truth_dir, flush_seconds=flush)
         registry = Registry.for_project(project_root())
         self.watcher = None
+        self.shadows: dict[str, Served] = {}
+        self.shadow_failed: dict[str, float] = {}
         if not SETTINGS.model_tag and registry.pointer.is_file():
-            self.watcher = ProductionWatcher(registry, self.served.version, self.swap_to, SETTINGS.swap_poll_seconds)
+            self.set_shadows(sorted(registry.shadows()))
+            self.watcher = ProductionWatcher(
+                registry, self.served.version, self.swap_to, SETTINGS.swap_poll_seconds, on_shadow=self.set_shadows
+            )
             self.watcher.start()
         gc.collect()
         gc.freeze()
@@ -232,6 +242,28 @@ class Predictor:
         log.info("now serving %s (was %s)", new.version, old.version)
         return True
 
+    def set_shadows(self, versions: list[str], retry_seconds: float = 30.0) -> None:
+        """Score exactly `versions` in shadow: load and check the new ones (a version that fails is logged
+        and tried again after `retry_seconds`), drop the others; one assignment swaps the set."""
+        wanted = [v for v in versions if v != self.served.version]
+        if sorted(self.shadows) == wanted:
+            return
+        current = {v: s for v, s in self.shadows.items() if v in wanted}
+        for version in wanted:
+            if version in current or time.monotonic() - self.shadow_failed.get(version, -1e9) < retry_seconds:
+                continue
+            try:
+                candidate = load_served(f"{BENTO_MODEL_NAME}:{version}")
+                if not same_inputs(self.served.schema, candidate.schema):
+                    raise ValueError("it takes other inputs than the model in production")
+            except Exception as exc:
+                log.error("not scoring %s in shadow: it failed to load or check: %s", version, exc)
+                self.shadow_failed[version] = time.monotonic()
+                continue
+            current[version] = candidate
+            log.info("scoring %s in shadow beside %s", version, self.served.version)
+        self.shadows = current
+
     @bentoml.api
     async def predict(
         self,
@@ -248,7 +280,9 @@ class Predictor:
         if self.request_log is not None:
             time_column = served.schema.time_column
             event_times = [getattr(record, time_column) for record in records] if time_column else None
-            self.request_log.record(request_id, served.version, features, outputs, event_times)
+            # Shadow models see the same encoded records; their outputs are logged, never returned.
+            shadow = {v: run_encoded(s.session, features) for v, s in self.shadows.items() if v != served.version}
+            self.request_log.record(request_id, served.version, features, outputs, event_times, shadow)
             self.recent_ids.add(request_id)
         body = {"model_version": served.version, "request_id": request_id, **decode_predictions(outputs, served.schema)}
         return Response(orjson.dumps(body), media_type="application/json")  # type: ignore[return-value]
@@ -283,6 +317,8 @@ class Predictor:
         self.ground_truth.close()
         if self.request_log is not None:
             self.request_log.close()
+        if _refusals is not None:
+            _refusals.close()
 
     @info.get("/metadata")
     def metadata(self) -> dict[str, Any]:
@@ -291,10 +327,45 @@ class Predictor:
         served = self.served
         return {
             "model_version": served.version,
+            "shadow_versions": sorted(self.shadows),
             "providers": served.session.get_providers(),
             "model": served.info,
             "schema": served.schema.to_dict(),
         }
 
 
-Predictor.add_asgi_middleware(RequestGuard, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes)
+_refusals: ParquetWindows | None = None
+
+
+def record_refusal(path: str, body: dict[str, Any]) -> None:
+    """A request to /predict answered 400: when, and the fields named (monitoring's refused share)."""
+    global _refusals
+    if path != "/predict" or SETTINGS.request_log == "off":
+        return
+    if _refusals is None:
+        _refusals = ParquetWindows(
+            ProjectPaths(project_root()).refused_log_dir, flush_seconds=SETTINGS.request_log_flush_seconds
+        )
+    problems = body.get("problems") or []
+    fields = sorted({field_column(p.get("field", "")) for p in problems} - {""})
+    _refusals.put(
+        pd.DataFrame(
+            {
+                "refused_at": [pd.Timestamp.now(tz="UTC")],
+                "columns": [",".join(fields)],
+                "problem": [(problems[0].get("problem", "") if problems else body.get("error", ""))[:300]],
+                "records_named": [len({p.get("field", "").split(".")[0] for p in problems})],
+            }
+        )
+    )
+
+
+def field_column(field: str) -> str:
+    """'records[3].hum' -> 'hum'; '' for a field that names no column."""
+    head, _, column = field.partition(".")
+    return column.split(".")[0] if head.startswith("records[") else ""
+
+
+Predictor.add_asgi_middleware(
+    RequestGuard, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, on_refused=record_refusal
+)

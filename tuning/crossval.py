@@ -159,7 +159,7 @@ def cross_validate(
     results: list[dict[str, Any]] = []
     for fold in make_folds(pool, params, data.schema):
         part = fold_data(data, pool, fold)
-        fitted = fit(part, params, run_checks=run_checks, find_lr=find_lr)
+        fitted = fit(part, params, run_checks=run_checks, find_lr=find_lr, refit=())
         val = part.frames["val"]
         metrics = task_metrics(task, encode_target(val, data.schema), predict(fitted.model, val, data.schema))
         row: dict[str, Any] = {

@@ -282,7 +282,7 @@ class Objective:
                 metrics = {k: v for k, v in report.mean.items() if k != "best_val_loss"}
                 trial.set_user_attr("cv_std", report.std)
             else:
-                fitted = fit(self.data, params, run_checks=False, find_lr=False, on_epoch=on_epoch)
+                fitted = fit(self.data, params, run_checks=False, find_lr=False, on_epoch=on_epoch, refit=())
                 value = fitted.result.best_val_loss
                 val = self.data.frames["val"]
                 metrics = task_metrics(

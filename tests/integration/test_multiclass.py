@@ -104,8 +104,8 @@ def test_the_service_answers_each_class_probability_and_treats_nulls_as_training
     checked = project.run(sys.executable, "-m", "monitoring.check", "--hours", "1")
     outcome = json.loads(checked.stdout[checked.stdout.index("{") :])
     summary = json.loads(project.path(outcome["files"]["summary"]).read_text())
-    performance = summary["performance"]
-    assert performance["metric"] == "accuracy" and performance["labelled_rows"] == len(rows)
+    harm = summary["decision"]["harm"]
+    assert harm["metric"] == "error rate" and harm["source"] == "labels" and harm["comparison"]["rows"] == len(rows)
     accuracy = float(np.mean(np.array(body["predictions"]) == np.array(truth)))
-    assert performance["window"] == pytest.approx(accuracy)
+    assert harm["comparison"]["error"] == pytest.approx(1 - accuracy)
     assert outcome["files"]["performance"].endswith("performance.html")  # Evidently's classification report

@@ -10,6 +10,7 @@ import yaml
 from conftest import REPO
 from loopline.config import EvaluateParams, GateParams, load_params
 from loopline.errors import ConfigError
+from loopline.evidence import Comparison
 from models.baselines import fit_baselines
 from models.evaluate import evaluate
 from models.torch_predict import predict
@@ -141,31 +142,37 @@ def test_skipped_checks_pass_but_are_named_in_the_report() -> None:
     assert any("input_independent_baseline" in note for note in report.notes)
 
 
-def test_a_candidate_worse_than_the_champion_on_one_slice_is_rejected() -> None:
-    champion_slices = copy.deepcopy(evidence().slices)
-    champion_slices["c"]["a"]["mae"] = 0.9  # the candidate's 1.0 is 11% worse on c=a
-    champion_slices["c"]["d"]["mae"] = 1.0  # a slice too small to judge: not held against it
+def comparison(change: float, low: float, high: float, rows: int = 500) -> Comparison:
+    return Comparison(rows, rows, 1.0 + change, 1.0, change, low, high, 0.9)
+
+
+def test_a_candidate_clearly_worse_than_the_champion_on_one_slice_is_rejected() -> None:
     report = judge(
         RULES,
         evidence(
             champion="0123456789abcdef",
-            champion_metrics={"mae": 1.0, "rmse": 1.5, "r2": 0.8},
-            champion_slices=champion_slices,
+            champion_comparisons={
+                "overall": comparison(0.01, -0.01, 0.03),
+                "c=a": comparison(0.11, 0.06, 0.16),  # 11% worse, and surely above the 2% tolerance
+                "c=b": comparison(0.0, -0.02, 0.02),
+            },
         ),
     )
-    assert failed(report) == ["champion:c=a:mae"]
+    assert failed(report) == ["champion:c=a"]
     assert report.champion == "0123456789abcdef"
     rule = report.failures[0]
-    assert rule.value == 1.0 and rule.threshold == pytest.approx(0.9 * 1.02)
+    assert rule.value == 0.11 and "+11% error" in rule.detail and "2%" in rule.threshold
 
 
-def test_within_the_tolerance_of_the_champion_passes() -> None:
+def test_a_slice_worse_only_within_its_sampling_noise_passes() -> None:
     report = judge(
         RULES,
         evidence(
             champion="0123456789abcdef",
-            champion_metrics={"mae": 0.99, "rmse": 1.49, "r2": 0.8},
-            champion_slices=evidence().slices,
+            champion_comparisons={
+                "overall": comparison(0.01, -0.01, 0.03),
+                "c=a": comparison(0.05, -0.04, 0.14, rows=40),  # 5% worse on 40 rows: could be noise
+            },
         ),
     )
     assert report.passed, report.summary()

@@ -50,6 +50,7 @@ def test_records_from_many_threads_all_reach_parquet_files_and_close_flushes_the
         ACS.time_column,  # the records' event times: none sent here, so null
         "prediction",
         *[f"proba_{c}" for c in classes],
+        "missing_features",  # which values were absent (and filled), a bit per feature
     ]
     first = frame[(frame["request_id"] == "t0-r3")].sort_values("record")
     assert first[numeric.name].tolist() == [3.0, 3.5]

@@ -1,0 +1,78 @@
+"""Which incidents email (monitoring.check.plan_alerts) and what the emails say (compose_alert)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from loopline.config import Params
+from monitoring.check import Outcome, compose_alert, plan_alerts
+from monitoring.decide import Decision, InputProblem, judge_challenger, judge_harm
+from monitoring.drift import ColumnDrift, WindowCheck
+
+PARAMS = Params()
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+RNG = np.random.default_rng(0)
+NORMAL = np.abs(RNG.normal(0, 60, 700))
+
+
+def window(verdict: str = "degraded") -> WindowCheck:
+    return WindowCheck(
+        "0123456789abcdef",
+        "2026-11-23T10:00:00+00:00",
+        "2026-11-23T11:00:00+00:00",
+        168,
+        verdict,
+        0.5,
+        0.5,
+        [ColumnDrift("temp", "ks", 0.05, 0.001, True), ColumnDrift("hr", "chisquare", 0.05, 0.5, False)],
+        {"temp": 0.25, "hr": 0.75},
+        100,
+        {},
+        ("2011-07-08T00:00:00+00:00", "2011-07-14T23:00:00+00:00"),
+    )
+
+
+def degraded() -> Decision:
+    return Decision(judge_harm(np.abs(RNG.normal(0, 110, 168)), NORMAL, PARAMS.monitor, metric="MAE"))
+
+
+def test_a_harm_email_names_the_replayed_days_the_rounded_numbers_the_challenger_and_what_to_do() -> None:
+    decision = degraded()
+    decision.shadows.append(
+        judge_challenger("fedcba9876543210", NORMAL[:168] * 0.7, NORMAL[:168], PARAMS.promote, windows=1)
+    )
+    subject, body = compose_alert({"kind": "harm"}, window(), decision, Outcome(window(), {}, retrain="harm"), PARAMS)
+    assert (
+        subject.startswith("model 01234567 ")
+        and "MAE +" in subject
+        and "2011-07-08 00:00 to 2011-07-14 23:00" in subject
+    )
+    assert "(its test split)" in body and "90% interval" in body and "168 rows" in body
+    assert "Challenger fedcba98 against production on the same labelled records: -30%" in body
+    assert "Drift, as context: 1 of 2 columns" in body and "temp (25% of importance)" in body
+    assert "\nWhat to do: Nothing yet: a new candidate is being trained" in body
+    assert "0.0000" not in body and "e-0" not in body  # rounded, no raw floats
+
+
+def test_an_open_input_problem_changes_what_the_harm_email_asks_for() -> None:
+    decision = degraded()
+    decision.inputs.append(InputProblem("units", "hum", "looks like a fraction where a percentage was seen"))
+    _, body = compose_alert({"kind": "harm"}, window(), decision, Outcome(window(), {}), PARAMS)
+    assert "An input problem is open" in body
+
+
+def test_harm_alerts_once_per_severity_and_escalates_when_candidates_keep_failing() -> None:
+    state = {"incidents": {}, "shadow_windows": {}, "failed_candidates": 0}
+    decision = degraded()
+    assert [a["kind"] for a in plan_alerts(state, decision, T0, PARAMS)] == ["harm"]
+    assert plan_alerts(state, decision, T0 + timedelta(days=3), PARAMS) == []  # unchanged: no second email
+    state["failed_candidates"] = PARAMS.promote.escalate_after  # e.g. rejected by the gate
+    [escalation] = plan_alerts(state, decision, T0 + timedelta(days=5), PARAMS)
+    assert escalation["kind"] == "escalation"
+    subject, body = compose_alert(escalation, window(), decision, Outcome(window(), {}), PARAMS)
+    assert "still" in subject and "candidates in a row failed" in subject
+    assert "--force --reason" in body
+    calm = Decision(judge_harm(NORMAL[:168], NORMAL, PARAMS.monitor, metric="MAE"))
+    assert plan_alerts(state, calm, T0 + timedelta(days=6), PARAMS) == [] and state["incidents"] == {}
