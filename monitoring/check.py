@@ -57,7 +57,14 @@ from monitoring.decide import (
     permutation_importance,
     retrain_due,
 )
-from monitoring.drift import WindowCheck, add_to_workspace, check_window, reference_frame, save_check
+from monitoring.drift import (
+    WindowCheck,
+    add_to_workspace,
+    check_window,
+    drift_from_recent,
+    reference_frame,
+    save_check,
+)
 from monitoring.window import served_window
 from serving.request_log import SHADOW_PREFIX, log_files, missing_matrix, read_log_files
 
@@ -300,6 +307,8 @@ def run_check(
         window, reference, schema, params.monitor, model_version=version, window_start=start, window_end=end
     )
     result.event_times = window_period(window, schema)
+    previous = served_window(paths.request_log_dir, paths.ground_truth_dir, schema, start - (end - start), start)
+    result.recent = drift_from_recent(window, previous, schema)
     refused = refused_rows(paths, start, end)
     inputs = input_problems(
         window,
@@ -555,6 +564,12 @@ def compose_alert(
         lines.append(
             f"Drift, as context: {len(result.drifted)} of {len(result.columns)} columns drifted from the training "
             f"data, {result.weighted_drift_share:.0%} of the model's importance{': ' + named if named else ''}."
+        )
+    moved = [c.column for c in result.recent if c.drifted]
+    if result.recent:
+        lines.append(
+            f"Against the traffic of the window before: {len(moved)} of {len(result.recent)} features moved"
+            + (f" ({', '.join(moved)})." if moved else ".")
         )
     if outcome.actions and kind in ("harm", "input", "escalation"):
         lines.append("This check also: " + "; ".join(_describe_action(a) for a in outcome.actions) + ".")

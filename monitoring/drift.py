@@ -21,7 +21,7 @@ import pandas as pd
 
 from loopline.config import MonitorParams
 from loopline.features import class_probabilities
-from loopline.schema import FeatureSchema, Task
+from loopline.schema import FeatureSchema, Kind, Task
 
 PREDICTION = "prediction"
 REFERENCE_ROWS = 50_000
@@ -58,6 +58,8 @@ class WindowCheck:
     """monitoring.decide.Decision.to_dict(): harm, input problems, shadow verdicts."""
     event_times: tuple[str, str] | None = None
     """The first and last event time of the window's records (the schema's time column), when sent."""
+    recent: list[ColumnDrift] = field(default_factory=list)
+    """Each feature against the traffic served in the window before this one (`drift_from_recent`)."""
 
     @property
     def drifted(self) -> list[ColumnDrift]:
@@ -100,7 +102,39 @@ class WindowCheck:
                 f"drift (context): {len(self.drifted)} of {len(self.columns)} columns, "
                 f"{self.weighted_drift_share:.0%} of the model's importance"
             )
+        if self.recent:
+            moved = [c.column for c in self.recent if c.drifted]
+            parts.append(f"against the previous window: {len(moved)} of {len(self.recent)} features moved")
         return "; ".join(parts)
+
+
+def drift_from_recent(
+    window: pd.DataFrame, previous: pd.DataFrame, schema: FeatureSchema, alpha: float = 0.01
+) -> list[ColumnDrift]:
+    """Each feature of the window against the same feature in the previous window's served traffic:
+    a two-sample Kolmogorov-Smirnov test for numbers, a chi-square test of the category counts; drifted
+    when the p-value is below `alpha` (tests whose power grows with the rows, so a few hundred records
+    need a real change). Empty when either window has fewer than 30 rows."""
+    from scipy.stats import chi2_contingency, ks_2samp
+
+    if len(window) < 30 or len(previous) < 30:
+        return []
+    out = []
+    for col in schema.features:
+        if col.name not in window or col.name not in previous:
+            continue
+        now, before = window[col.name].dropna(), previous[col.name].dropna()
+        if len(now) < 30 or len(before) < 30:
+            continue
+        if col.kind is Kind.NUMERIC:
+            p, method = float(ks_2samp(now.to_numpy(float), before.to_numpy(float)).pvalue), "ks"
+        else:
+            counts = pd.concat([now.astype(str).value_counts(), before.astype(str).value_counts()], axis=1).fillna(0)
+            counts = counts[counts.sum(axis=1) > 0]
+            p = float(chi2_contingency(counts.to_numpy().T)[1]) if len(counts) > 1 else 1.0
+            method = "chisquare"
+        out.append(ColumnDrift(col.name, method, alpha, round(p, 6), p < alpha))
+    return out
 
 
 def _day(value: str) -> str:

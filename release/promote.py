@@ -338,16 +338,22 @@ def rejudge(
     return judge(rules, ev)
 
 
+def servable(registry: Registry, version_id: str) -> Version:
+    """The version, once its file matches its hash and it loads and reproduces its golden batch."""
+    version = registry.get(version_id)
+    try:
+        registry.verify_hash(version)
+    except RegistryError as exc:
+        raise PromotionRefused(str(exc)) from exc
+    verify_loads(version)
+    return version
+
+
 def start_shadow(registry: Registry, version_id: str, role: str, event: dict[str, Any]) -> None:
     """Have the service score a version in shadow (`role`: challenger or previous): the same checks as a
     promotion (hash, loads, golden batch), into BentoML's store, then into the pointer's shadow set."""
     with registry.locked():
-        version = registry.get(version_id)
-        try:
-            registry.verify_hash(version)
-        except RegistryError as exc:
-            raise PromotionRefused(str(exc)) from exc
-        verify_loads(version)
+        version = servable(registry, version_id)
         save_to_bentoml(version)
         registry.set_shadow(version.id, role, {"event": "shadow", **event})
 
@@ -374,12 +380,7 @@ def promote(
     if watch_previous is None:
         watch_previous = params.promote.rollback
     with registry.locked():
-        version = registry.get(version_id)
-        try:
-            registry.verify_hash(version)
-        except RegistryError as exc:
-            raise PromotionRefused(str(exc)) from exc
-        verify_loads(version)
+        version = servable(registry, version_id)
         report = GateReport.from_dict(version.metadata["gate"])
         production = registry.production()
         if production == version.id:

@@ -127,3 +127,18 @@ def test_an_open_incident_alerts_again_only_when_it_gets_worse_or_is_due_a_remin
     assert should_alert(incidents, "harm", 1, T0 + timedelta(days=10), week)  # a reminder after a week
     assert close_incidents(incidents, "harm", set()) == ["harm"] and incidents == {}
     assert should_alert(incidents, "harm", 1, T0 + timedelta(days=11), week)  # a new incident
+
+
+def test_drift_against_the_previous_windows_traffic_needs_a_real_change_not_a_few_hundred_rows_of_noise() -> None:
+    from monitoring.drift import drift_from_recent
+
+    data = load_bike()
+
+    def week(start: str) -> pd.DataFrame:
+        return data[(data["timestamp"] >= start) & (data["timestamp"] < pd.Timestamp(start) + pd.Timedelta(days=7))]
+
+    calm = drift_from_recent(week("2011-07-08"), week("2011-07-01"), BIKE)
+    assert {c.column for c in calm} == {c.name for c in BIKE.features}
+    assert not any(c.drifted for c in calm if c.column in ("hr", "weekday", "season"))  # the same hours and days
+    seasons = {c.column for c in drift_from_recent(week("2011-12-01"), week("2011-07-01"), BIKE) if c.drifted}
+    assert {"temp", "season"} <= seasons
