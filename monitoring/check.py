@@ -38,7 +38,7 @@ import pandas as pd
 from loopline.atomic import file_lock
 from loopline.config import AlertParams, Params, load_params
 from loopline.evidence import row_errors
-from loopline.features import encode_features
+from loopline.features import encode_features, encode_target
 from loopline.metrics import primary_metric
 from loopline.paths import ProjectPaths
 from loopline.registry import REFERENCE_FILE, TEST_ROWS_FILE, Registry, Version
@@ -65,8 +65,8 @@ from monitoring.drift import (
     reference_frame,
     save_check,
 )
-from monitoring.window import served_window
-from serving.request_log import SHADOW_PREFIX, log_files, missing_matrix, read_log_files
+from monitoring.window import day_files, served_window
+from serving.request_log import SHADOW_PREFIX, missing_matrix, read_log_files
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class ProductionModel:
         session = onnx_session(version.model)
         test = pd.read_parquet(version.file(TEST_ROWS_FILE))
         outputs = test_outputs(version)
-        errors = row_errors(schema.task.value, _target(test, schema), outputs)
+        errors = row_errors(schema.task.value, encode_target(test, schema), outputs)
         return cls(version, schema, session, test, outputs, errors)
 
     def known_until(self) -> pd.Timestamp | None:
@@ -271,7 +271,7 @@ def window_period(window: pd.DataFrame, schema: FeatureSchema) -> tuple[str, str
 
 
 def refused_rows(paths: ProjectPaths, start: datetime, end: datetime) -> pd.DataFrame:
-    frame = read_log_files(log_files(paths.refused_log_dir))
+    frame = read_log_files(day_files(paths.refused_log_dir, start, end))
     if frame.empty:
         return pd.DataFrame(columns=["refused_at", "columns", "problem"])
     at = _as_utc(frame["refused_at"])
@@ -332,7 +332,7 @@ def run_check(
                     lambda f: predict_frame(model.session, f, schema),
                     reference,
                     schema,
-                    _target(reference, schema),
+                    encode_target(reference, schema),
                     params.seed,
                 )
         decision = Decision(harm, inputs, verdicts)
@@ -362,12 +362,6 @@ def run_check(
         outcome.alert_kinds.append(alert["kind"])
     outcome.delivery = deliver(paths, params.monitor.alerts)
     return outcome
-
-
-def _target(frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
-    from loopline.features import encode_target
-
-    return encode_target(frame, schema)
 
 
 def verdict(result: WindowCheck, decision: Decision) -> str:

@@ -16,7 +16,8 @@ from loopline.schema import FeatureSchema
 from serving.request_log import read_log_files
 
 
-def _files(directory: Path, start: datetime, end: datetime) -> list[Path]:
+def day_files(directory: Path, start: datetime, end: datetime) -> list[Path]:
+    """The written files of the day folders [start, end) touches."""
     if not directory.is_dir():
         return []
     days = {f"date={(start + timedelta(days=i)):%Y-%m-%d}" for i in range((end.date() - start.date()).days + 1)}
@@ -27,7 +28,7 @@ def served_window(
     request_log: Path, ground_truth: Path, schema: FeatureSchema, start: datetime, end: datetime
 ) -> pd.DataFrame:
     """Rows served in [start, end) (timezone-aware UTC datetimes), with `schema.target` where labelled."""
-    rows = read_log_files(_files(request_log, start, end))
+    rows = read_log_files(day_files(request_log, start, end))
     if rows.empty:
         return pd.DataFrame(
             columns=[
@@ -41,7 +42,7 @@ def served_window(
             ]
         )
     rows = rows[(rows["served_at"] >= pd.Timestamp(start)) & (rows["served_at"] < pd.Timestamp(end))]
-    labels = read_log_files(_files(ground_truth, start, datetime.now(start.tzinfo) + timedelta(days=1)))
+    labels = read_log_files(day_files(ground_truth, start, datetime.now(start.tzinfo) + timedelta(days=1)))
     if labels.empty:
         return rows.assign(**{schema.target: pd.NA}).reset_index(drop=True)
     labels = labels.sort_values("received_at").drop_duplicates(["request_id", "record"], keep="last")[
