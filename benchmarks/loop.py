@@ -53,14 +53,14 @@ sys.path.insert(0, str(REPO))
 from dataprep.prepare import prepare  # noqa: E402
 from dataprep.sources import load_bike  # noqa: E402
 from loopline.config import Params, load_params  # noqa: E402
-from loopline.evidence import row_errors  # noqa: E402
+from loopline.evidence import compare_paired, row_errors  # noqa: E402
 from loopline.features import encode_target  # noqa: E402
 from loopline.request_model import describe_errors, record_model  # noqa: E402
 from loopline.schema import FeatureSchema, load_schema  # noqa: E402
 from models.baselines import fit_baselines  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
 from models.torch_predict import predict  # noqa: E402
-from models.train import PreparedSplits, fit  # noqa: E402
+from models.train import PreparedSplits, fit, split_weights  # noqa: E402
 from monitoring.check import plan_alerts  # noqa: E402
 from monitoring.decide import (  # noqa: E402
     Decision,
@@ -111,7 +111,7 @@ class Trainer:
             return self.cache[key]
         clock = time.perf_counter()
         prepared = prepare(known, self.schema, self.params)
-        data = PreparedSplits(prepared.schema, prepared.stats, prepared.splits)
+        data = PreparedSplits(prepared.schema, prepared.stats, prepared.splits, split_weights(prepared.rows))
         fitted = fit(data, self.params, run_checks=False, find_lr=False)
         net = fitted.model.eval()
         judged = (fitted.holdout or fitted.model).eval()
@@ -476,6 +476,7 @@ def label_shift(args: argparse.Namespace) -> dict[str, Any]:
     }
     trained_on_shift = next((w.index for w in weeks if w.served["loop"] in knew_shift), None)
     return {
+        "retrained after one shifted week": recency_after_shift(replay, shift_week),
         "shift from week": shift_week,
         "first week served by a model trained on shifted labels": trained_on_shift,
         "weekly checks after the shift": None if trained_on_shift is None else trained_on_shift - shift_week,
@@ -490,6 +491,35 @@ def label_shift(args: argparse.Namespace) -> dict[str, Any]:
             for w in weeks
         ],
     }
+
+
+def recency_after_shift(replay: Replay, shift_week: int) -> dict[str, str]:
+    """What the best-placed retraining can do: candidates trained at the first check after the shift
+    (its labelled days known) with equal weights, recency half-lives and a short window, each against
+    the first model on the next week's labelled rows (paired, as the shadow comparison)."""
+    schema, at = replay.schema, replay.starts[shift_week + 1]
+    sent = {i: replay.rows(s, s + WEEK) for i, s in enumerate(replay.starts[: shift_week + 2])}
+    known = replay.known(at, {i: sent[i] for i in range(shift_week + 1)})
+    rows = sent[shift_week + 1]
+    rows = rows[rows["timestamp"] < at + WEEK - replay.label_delay]
+    y = rows["cnt"].to_numpy()
+    first = row_errors("regression", y, replay.train(replay.begin, {}).predict(rows, schema))
+    out = {}
+    window = replay.params.prepare.window
+    for name, change in {
+        "equal weights": {},
+        "half-life 28 days": {"half_life_days": 28.0},
+        "half-life 7 days": {"half_life_days": 7.0},
+        "half-life 3 days": {"half_life_days": 3.0},
+        "last 28 days": {"last_days": 28},
+    }.items():
+        prepare_params = replay.params.prepare.model_copy(update={"window": window.model_copy(update=change)})
+        params = replay.params.model_copy(update={"prepare": prepare_params})
+        model = Trainer(schema, params).train(known, at, name)
+        errors = row_errors("regression", y, model.predict(rows, schema))
+        blocks = rows["timestamp"].dt.date.to_numpy()
+        out[name] = compare_paired(errors, first, confidence=params.monitor.confidence, blocks=blocks).describe()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

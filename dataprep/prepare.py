@@ -122,7 +122,8 @@ def row_record(
     newest: pd.Timestamp | None,
 ) -> pd.DataFrame:
     """One row per split row, in split order: the split, the row's position, its provenance columns and
-    its training weight (1 outside the training split, or everywhere without a half-life)."""
+    its recency weight (1 everywhere without a half-life): the loss weight of the training rows in the
+    selection run, and of every row a refit learns."""
     parts = []
     for name in SPLITS:
         frame = splits[name]
@@ -130,7 +131,7 @@ def row_record(
         part.insert(0, "row", np.arange(len(frame)))
         part.insert(0, "split", name)
         weight = np.ones(len(frame))
-        if half_life_days is not None and name == "train":
+        if half_life_days is not None:
             weight = recency_weights(frame[time_column], newest, half_life_days)
         part["weight"] = weight
         parts.append(part)

@@ -24,7 +24,7 @@ from loopline.atomic import StagedOutputs, write_json
 from loopline.config import Params, TunedParams, load_params, load_tuned, training_runs
 from loopline.features import encode_features, encode_target
 from loopline.metrics import task_metrics
-from loopline.paths import MODEL_FILES, ProjectPaths
+from loopline.paths import MODEL_FILES, SPLITS, ProjectPaths
 from loopline.schema import FeatureSchema, load_schema
 from loopline.stage import run_stage
 from models.checks import CheckResult, RecipeCheckError, raise_on_failures, run_recipe_checks
@@ -53,24 +53,24 @@ class PreparedSplits:
     schema: FeatureSchema
     stats: dict[str, Any]
     frames: dict[str, pd.DataFrame]
-    train_weights: np.ndarray | None = None
-    """Recency weights of the training rows (prepare.window.half_life_days); None: equal weights."""
+    weights: dict[str, np.ndarray] | None = None
+    """Recency weights of each split's rows (prepare.window.half_life_days); None: equal weights. The
+    selection run weighs its training rows; a refit weighs every row it learns."""
 
     def batch(self, split: str) -> Batch:
         frame = self.frames[split]
         enc = encode_features(frame, self.schema)
-        weight = self.train_weights if split == "train" else None
+        weight = self.weights["train"] if self.weights is not None and split == "train" else None
         return make_batch(enc.numeric, enc.categorical, encode_target(frame, self.schema), weight)
 
     def refit_batch(self, splits: tuple[str, ...]) -> Batch:
-        """The rows of `splits` together, in time order for time-split data (train, val, test); the
-        training rows keep their recency weights, the others weigh as the newest training row."""
+        """The rows of `splits` together, in time order for time-split data (train, val, test), each
+        with its own recency weight."""
         frame = pd.concat([self.frames[s] for s in splits], ignore_index=True)
         enc = encode_features(frame, self.schema)
         weight = None
-        if self.train_weights is not None:
-            rest = sum(len(self.frames[s]) for s in splits[1:])
-            weight = np.concatenate([self.train_weights, np.full(rest, self.train_weights.max(), np.float32)])
+        if self.weights is not None:
+            weight = np.concatenate([self.weights[s] for s in splits]).astype(np.float32)
         return make_batch(enc.numeric, enc.categorical, encode_target(frame, self.schema), weight)
 
 
@@ -81,13 +81,18 @@ def load_prepared(paths: ProjectPaths) -> PreparedSplits:
     return PreparedSplits(schema, stats, frames, training_weights(paths))
 
 
-def training_weights(paths: ProjectPaths) -> np.ndarray | None:
-    """The training rows' weights from prepare's row record, when prepare weighted them."""
+def training_weights(paths: ProjectPaths) -> dict[str, np.ndarray] | None:
+    """Each split's row weights from prepare's row record, when prepare weighted them."""
     if not paths.prepared_rows.is_file():
         return None
-    rows = pd.read_parquet(paths.prepared_rows, columns=["split", "weight"])
-    weights = rows.loc[rows["split"] == "train", "weight"].to_numpy(dtype=np.float32)
-    return None if np.all(weights == 1.0) else weights
+    return split_weights(pd.read_parquet(paths.prepared_rows, columns=["split", "weight"]))
+
+
+def split_weights(rows: pd.DataFrame) -> dict[str, np.ndarray] | None:
+    """The row record's weights per split (None when every row weighs 1: equal weights)."""
+    if np.all(rows["weight"].to_numpy() == 1.0):
+        return None
+    return {name: rows.loc[rows["split"] == name, "weight"].to_numpy(dtype=np.float32) for name in SPLITS}
 
 
 def build_model(data: PreparedSplits, params: Params) -> TabularNet:

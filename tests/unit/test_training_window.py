@@ -10,7 +10,9 @@ import torch
 from dataprep.prepare import prepare
 from loopline.config import Params
 from loopline.errors import ConfigError
+from loopline.paths import SPLITS
 from loopline.schema import schema_from_dict
+from models.train import PreparedSplits, split_weights
 from toy import model_for, toy_data
 
 SCHEMA = schema_from_dict(
@@ -50,16 +52,30 @@ def test_last_days_keeps_the_rows_of_the_last_n_days_before_the_newest() -> None
     assert result.report["rows"]["outside_window"] == 70
 
 
-def test_a_half_life_weights_training_rows_by_their_age_and_leaves_other_splits_at_one() -> None:
+def test_a_half_life_weights_every_split_row_by_its_age() -> None:
     result = prepare(raw(), SCHEMA, Params(prepare={"window": {"half_life_days": 10}}))
-    rows, train = result.rows, result.splits["train"]
-    weights = rows.loc[rows["split"] == "train", "weight"].to_numpy()
+    rows = result.rows
     newest = pd.concat(result.splits.values())["t"].max()
-    age = (newest - train["t"]).dt.days.to_numpy()
-    assert weights == pytest.approx(0.5 ** (age / 10))
-    assert (rows.loc[rows["split"] != "train", "weight"] == 1.0).all()
+    for name, frame in result.splits.items():
+        weights = rows.loc[rows["split"] == name, "weight"].to_numpy()
+        assert weights == pytest.approx(0.5 ** ((newest - frame["t"]).dt.days.to_numpy() / 10))
+    assert rows["weight"].max() == 1.0  # the newest row, in the test split
     # the record follows the split's row order, with each row's provenance
+    train = result.splits["train"]
     assert rows.loc[rows["split"] == "train", "_source_row"].tolist() == (train["x"] + 1).astype(int).tolist()
+
+
+def test_the_selection_run_weighs_its_training_rows_and_a_refit_every_row_it_learns() -> None:
+    result = prepare(raw(), SCHEMA, Params(prepare={"window": {"half_life_days": 10}}))
+    data = PreparedSplits(result.schema, result.stats, result.splits, split_weights(result.rows))
+    weights = {name: result.rows.loc[result.rows["split"] == name, "weight"].to_numpy() for name in SPLITS}
+    assert data.batch("train").weight.numpy() == pytest.approx(weights["train"])
+    assert data.batch("val").weight is None  # early stopping judges every validation row alike
+    refit = data.refit_batch(("train", "val", "test")).weight.numpy()
+    assert refit == pytest.approx(np.concatenate([weights[name] for name in SPLITS]), rel=1e-6)
+    assert refit[-1] == pytest.approx(1.0)  # the newest row weighs most
+    unweighted = prepare(raw(), SCHEMA, Params())
+    assert split_weights(unweighted.rows) is None
 
 
 def test_a_window_needs_a_datetime_time_column() -> None:
