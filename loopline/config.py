@@ -132,6 +132,30 @@ class ChecksParams(_Section):
         return self
 
 
+class CoresetParams(_Section):
+    """A small weighted sample that stands for a split (tuning/coreset.py): weighted sums over it estimate
+    the split's sums without bias, so a weighted loss on it estimates the full split's loss."""
+
+    size: float = Field(gt=0)
+    """Rows of the training split to keep: a fraction of it (below 1) or a count of rows (1 or more)."""
+    method: Literal["sensitivity", "uniform"] = "sensitivity"
+    """sensitivity: importance sampling by a lightweight-coreset sensitivity (half uniform, half by the
+    squared distance to the stratum's mean, Bachem, Lucic and Krause 2018); uniform: a stratified
+    uniform sample (the comparison)."""
+    time_blocks: int = Field(default=8, ge=1)
+    """Time-split data is also stratified by this many blocks of time with equal row counts, so that
+    every period (the newest included) is kept in its share."""
+    validation: bool = True
+    """Sample the validation split the same way (same share), with its loss weighted, so that early
+    stopping costs a fraction too; false: validate on the whole split."""
+
+    @model_validator(mode="after")
+    def _whole_rows(self) -> "CoresetParams":
+        if self.size >= 1 and self.size != int(self.size):
+            raise ValueError(f"size {self.size}: a fraction below 1 or a whole number of rows")
+        return self
+
+
 class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -153,6 +177,9 @@ class TrainParams(_Section):
     a rolling evaluation, kept as holdout.pt), and the served one proves itself on live traffic.
     train_val: train + val; the test split judges the served network itself. off: serve the selection
     run's network."""
+    coreset: CoresetParams | None = None
+    """A fast retrain: the selection run learns a coreset of the training split (and validates on one),
+    the refit learns the coresets and the whole test split; null (default): every row."""
     checkpoint_every_steps: int = Field(default=200, ge=1)
     deterministic: bool = True
     model: ModelParams = ModelParams()
@@ -334,10 +361,18 @@ class TuneParams(_Section):
     """Dotted train.* keys to search, e.g. train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}."""
     cross_validate: bool = False
     """Score each trial by the mean validation loss over the `cv:` folds instead of the one val split."""
+    coreset: CoresetParams | None = None
+    """Trials learn a coreset of the training split (and validate on one); the winner is trained on the
+    full data by `train`, so the gate judges a full-data model. null: trials learn every row."""
     ensemble: EnsembleParams = EnsembleParams()
 
     @model_validator(mode="after")
     def _space_keys_are_training_settings(self) -> "TuneParams":
+        if self.coreset is not None and self.cross_validate:
+            raise ValueError(
+                "coreset and cross_validate together: the folds are cut from the whole training and "
+                "validation rows; choose one"
+            )
         for key, dim in self.space.items():
             if not key.startswith("train."):
                 raise ValueError(f"space key {key!r}: only train.* settings can be tuned")

@@ -54,13 +54,17 @@ class PreparedSplits:
     stats: dict[str, Any]
     frames: dict[str, pd.DataFrame]
     weights: dict[str, np.ndarray] | None = None
-    """Recency weights of each split's rows (prepare.window.half_life_days); None: equal weights. The
-    selection run weighs its training rows; a refit weighs every row it learns."""
+    """Each split's row weights (recency, prepare.window.half_life_days; times a coreset's weights);
+    None: equal weights. The selection run weighs its training rows; a refit weighs every row it learns."""
+    weigh_validation: bool = False
+    """The validation rows are a coreset: their weights make the validation loss estimate the whole
+    split's (recency weights alone never weigh validation)."""
 
     def batch(self, split: str) -> Batch:
         frame = self.frames[split]
         enc = encode_features(frame, self.schema)
-        weight = self.weights["train"] if self.weights is not None and split == "train" else None
+        weighed = split == "train" or (split == "val" and self.weigh_validation)
+        weight = self.weights[split] if self.weights is not None and weighed else None
         return make_batch(enc.numeric, enc.categorical, encode_target(frame, self.schema), weight)
 
     def refit_batch(self, splits: tuple[str, ...]) -> Batch:
@@ -306,7 +310,11 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
     precision = resolve_precision(runs[0].train.precision, device)
     log.info("device %s, precision %s, %d process(es)", device, precision, world)
 
-    fitted = fit_runs(paths, data, runs, rank, world)
+    # train.coreset: the networks learn a weighted sample; metrics below are on the whole splits
+    from tuning.coreset import coreset_splits
+
+    learned = coreset_splits(data, runs[0], runs[0].train.coreset)
+    fitted = fit_runs(paths, learned, runs, rank, world)
     model = one_model(fitted)
     holdout = one_model([replace(f, model=f.holdout) for f in fitted]) if fitted[0].holdout is not None else None
     rank_gap = max(max_parameter_gap_across_ranks(f.model) for f in fitted) if world > 1 else 0.0
@@ -329,6 +337,9 @@ def run_train(paths: ProjectPaths | None = None) -> dict[str, Any]:
     records = [training_record(f, device, precision, world, rank_gap) for f in fitted]
     training, checks = training_report(fitted, records, tuned)
     training["refit_on"] = params_refit(runs[0])
+    training["rows_learned"] = {name: len(frame) for name, frame in learned.frames.items()}
+    if runs[0].train.coreset is not None:
+        training["coreset"] = runs[0].train.coreset.model_dump(mode="json")
     summary = {
         "val": metrics["val"],
         "test": metrics["test"],

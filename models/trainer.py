@@ -221,16 +221,19 @@ class _Logits(nn.Module):
 
 @torch.no_grad()
 def evaluate_loss(model: TabularNet, data: Batch, device: torch.device, precision: str, chunk: int = 8192) -> float:
+    """The mean loss over `data`; the weighted mean when its rows carry weights (a coreset)."""
     was_training = model.training
     model.eval()
-    total = 0.0
+    total, mass = 0.0, 0.0
     for start in range(0, len(data), chunk):
         part = data.take(torch.arange(start, min(start + chunk, len(data))))
         with autocast(device, precision):
             logits = model.logits(part.numeric, part.categorical)
-        total += float(model.loss(logits, part.target)) * len(part)
+        weight = float(part.weight.sum()) if part.weight is not None else float(len(part))
+        total += float(model.loss(logits, part.target, part.weight)) * weight
+        mass += weight
     model.train(was_training)
-    return total / max(1, len(data))
+    return total / mass if mass > 0 else 0.0
 
 
 @dataclass

@@ -53,6 +53,7 @@ from loopline.settings import Settings, variable
 from models.torch_predict import predict
 from models.train import PreparedSplits, fit, load_prepared
 from models.trainer import TrainingDiverged
+from tuning.coreset import coreset_splits
 from tuning.crossval import cross_validate
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,16 @@ def study_name(paths: ProjectPaths, params: Params) -> str:
     tune_params = params.tune.model_dump(mode="json", by_alias=True)
     scored = {
         k: tune_params[k]
-        for k in ("sampler", "pruner", "epochs", "space", "cross_validate", "startup_trials", "warmup_epochs")
+        for k in (
+            "sampler",
+            "pruner",
+            "epochs",
+            "space",
+            "cross_validate",
+            "coreset",
+            "startup_trials",
+            "warmup_epochs",
+        )
     }
     digest.update(
         json.dumps(
@@ -257,6 +267,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         chosen = suggest(trial, self.tune_params.space)
         trial.set_user_attr("overrides", chosen)
+        trial.set_user_attr("rows", {name: len(frame) for name, frame in self.data.frames.items()})
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = trial_params(self.base, self.tune_params, chosen, trial.number)
         history: list[dict[str, float]] = []
@@ -370,7 +381,7 @@ def run_trials(
         n_trials, timeout_minutes = base.tune.n_trials, base.tune.timeout_minutes
     check_space(base, base.tune)
     require_prepared(paths)
-    data = load_prepared(paths)
+    data = coreset_splits(load_prepared(paths), base, base.tune.coreset)  # the same coreset in every worker
     name = name or study_name(paths, base)
     study = open_study(paths, base, name=name, storage=storage, seed_offset=seed_offset)
     quiet_training_logs()

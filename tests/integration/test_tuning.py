@@ -195,6 +195,32 @@ def test_cross_validated_trials_are_scored_by_the_mean_over_folds(prepared: Proj
         assert set(trial.user_attrs["cv_std"]) >= {"best_val_loss", "mae"}
 
 
+def test_trials_learn_a_coreset_and_a_fast_retrain_learns_one_too(prepared: Project) -> None:
+    full = {s: len(pd.read_parquet(prepared.path(f"data/prepared/{s}.parquet"))) for s in ("train", "val")}
+    prepared.set_params(tune={**QUICK_TUNE, "coreset": {"size": 0.2}})
+    try:
+        tune(prepared, "--study", "coreset", "--storage", f"sqlite:///{prepared.path('coreset.db')}", "--trials", "2")
+    finally:
+        prepared.set_params(tune={**QUICK_TUNE_AGAIN, "coreset": None})
+    for trial in load(prepared, "coreset", "coreset.db").trials:
+        rows = trial.user_attrs["rows"]
+        assert 0 < rows["train"] <= round(0.2 * full["train"]) and 0 < rows["val"] <= round(0.2 * full["val"])
+        assert np.isfinite(trial.value)
+    # train.coreset: the stage's networks learn the weighted sample; its metrics are on the whole splits
+    before = yaml.safe_load(prepared.path("params.yaml").read_text())["train"]
+    prepared.set_params(train={"epochs": 10, "coreset": {"size": 0.25}})
+    try:
+        prepared.run(sys.executable, "-m", "models.train")
+    finally:
+        prepared.set_params(train=before)
+    training = json.loads(prepared.path("artifacts/model/training.json").read_text())
+    assert training["coreset"]["size"] == 0.25
+    assert training["rows_learned"]["train"] <= round(0.25 * full["train"])
+    assert training["rows_learned"]["test"] == len(pd.read_parquet(prepared.path("data/prepared/test.parquet")))
+    metrics = json.loads(prepared.path("reports/train/metrics.json").read_text())
+    assert metrics["val"]["mae"] > 0 and metrics["test"]["mae"] > 0
+
+
 def test_a_search_before_prepare_says_what_to_run(project: Project) -> None:
     result = project.run(sys.executable, "-m", "tuning.search", check=False)
     assert result.returncode == 1
