@@ -10,7 +10,8 @@ there is no "no verdict". Rules (params.yaml `gate:`):
   `compare_metrics` that the task has;
 - champion: on the same test rows, the candidate's error is not above the production model's by more
   than `champion_tolerance` with `champion_confidence` (a paired bootstrap over the rows, so a slice's
-  sampling noise is no reason to reject), overall and on every slice large enough to judge. The first
+  sampling noise is no reason to reject), overall and on every slice large enough to judge (the slices
+  as one family: each at the Bonferroni confidence, release.promote.paired_comparisons). The first
   model has no champion, and the report says so. Promotion over a champion is decided on live traffic
   (monitoring.decide, `promote:`); this rule keeps a candidate clearly worse somewhere out of shadow.
 
@@ -222,14 +223,14 @@ def champion_rules(rules: GateParams, ev: Evidence, compare: list[str], notes: l
                 "the production model could not be scored on the candidate's test rows",
             )
         ]
-    tolerance, confidence = rules.champion_tolerance, rules.champion_confidence
+    tolerance = rules.champion_tolerance
     out = []
     for key, c in ev.champion_comparisons.items():
         out.append(
             Rule(
                 f"champion:{key}",
                 round(c.change, 4),
-                f"not above +{tolerance:.0%} with {confidence:.0%} confidence",
+                f"not above +{tolerance:.0%} with {c.confidence:.1%} confidence",
                 not c.above(tolerance),
                 f"error against production {ev.champion[:8]}: {c.describe()}",
             )

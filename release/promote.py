@@ -73,16 +73,23 @@ def paired_comparisons(
     min_slice_rows: int,
     confidence: float,
 ) -> dict[str, Comparison]:
-    """The candidate's per-row error against the champion's on the same rows: overall and on each slice
-    of at least `min_slice_rows` rows."""
+    """The candidate's per-row error against the champion's on the same rows: overall at `confidence`,
+    and on each slice of at least `min_slice_rows` rows at the familywise confidence: each of k slices
+    at 1 - (1 - confidence) / k (Bonferroni), so that sampling noise alone makes some slice fail no more
+    often than it makes the overall comparison fail, however many slices there are."""
     y = encode_target(frame, schema)
     task = schema.task.value
     mine, theirs = row_errors(task, y, candidate), row_errors(task, y, champion)
     out = {"overall": compare_paired(mine, theirs, confidence=confidence)}
-    for column in (c for c in slice_columns if c in frame.columns):
-        for value, index in frame.groupby(column, observed=True).indices.items():
-            if len(index) >= min_slice_rows:
-                out[f"{column}={value}"] = compare_paired(mine[index], theirs[index], confidence=confidence)
+    slices = [
+        (f"{column}={value}", index)
+        for column in (c for c in slice_columns if c in frame.columns)
+        for value, index in frame.groupby(column, observed=True).indices.items()
+        if len(index) >= min_slice_rows
+    ]
+    each = 1 - (1 - confidence) / max(len(slices), 1)
+    for key, index in slices:
+        out[key] = compare_paired(mine[index], theirs[index], confidence=each)
     return out
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -15,6 +17,7 @@ from models.baselines import fit_baselines
 from models.evaluate import evaluate
 from models.torch_predict import predict
 from release.gate import Evidence, judge
+from release.promote import paired_comparisons
 from toy import toy_data, trained_model_for
 
 RAW_RULES = yaml.safe_load((REPO / "params.yaml").read_text())["gate"]
@@ -176,6 +179,22 @@ def test_a_slice_worse_only_within_its_sampling_noise_passes() -> None:
         ),
     )
     assert report.passed, report.summary()
+
+
+def test_slices_are_judged_as_one_family_so_noise_on_many_slices_fails_none() -> None:
+    schema = toy_data().schema
+    rng = np.random.default_rng(1)
+    rows = 4000
+    frame = pd.DataFrame({"g": rng.integers(0, 20, rows).astype(str), "y": rng.normal(10, 3, rows)})
+    champion = frame["y"].to_numpy() + rng.normal(0, 1, rows)
+    candidate = frame["y"].to_numpy() + rng.normal(0, 1, rows)  # equally good: any difference is noise
+    candidate[frame["g"] == "7"] += 1.5  # clearly worse on one slice
+    out = paired_comparisons(candidate, champion, frame, schema, ["g"], 30, 0.9)
+    assert out["overall"].confidence == 0.9
+    assert [c.confidence for k, c in out.items() if k != "overall"] == pytest.approx([1 - 0.1 / 20] * 20)
+    report = judge(RULES, evidence(champion="0123456789abcdef", champion_comparisons=out))
+    assert [r for r in failed(report) if r != "champion:overall"] == ["champion:g=7"]
+    assert "99.5% confidence" in report.failures[-1].threshold
 
 
 def test_a_champion_that_cannot_be_scored_fails_closed() -> None:
