@@ -263,11 +263,12 @@ class Objective:
     def __init__(self, paths: ProjectPaths, base: Params, data: PreparedSplits, study: str) -> None:
         self.paths, self.base, self.data, self.study = paths, base, data, study
         self.tune_params = base.tune
+        self.rows = {name: len(frame) for name, frame in data.frames.items()}
 
     def __call__(self, trial: optuna.Trial) -> float:
         chosen = suggest(trial, self.tune_params.space)
         trial.set_user_attr("overrides", chosen)
-        trial.set_user_attr("rows", {name: len(frame) for name, frame in self.data.frames.items()})
+        trial.set_user_attr("rows", self.rows)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = trial_params(self.base, self.tune_params, chosen, trial.number)
         history: list[dict[str, float]] = []
