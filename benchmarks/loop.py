@@ -12,8 +12,10 @@ in process, so that the four policies share their trainings:
   the candidate's test split against that schedule's production model).
 - loop: what the monitoring check decides (monitoring.decide): harm alerts from the production model's
   error against its normal error; a candidate trained on a refresh or on harm, gated, then scored in
-  shadow for a week and promoted only when it beats production on the same labelled live rows; the
-  replaced model watched for a rollback; input problems named, without retraining.
+  shadow for a week and promoted only when it beats production on the same labelled live rows; a level
+  correction of production (its output moved by the labelled week's steady factor, as
+  release.recalibrate does to the ONNX file) in shadow beside it on the same terms; the replaced model
+  watched for a rollback; input problems named, without retraining or correction.
 
 Scenarios (--scenario, default all):
 - policies: the four policies over --weeks weeks (or 2011-07 to the end of 2012 with --full): MAE,
@@ -25,27 +27,29 @@ Scenarios (--scenario, default all):
 - refused: from week 3 a client sends `temp` in Fahrenheit: requests with a value above the schema's
   maximum are answered 400; the refused share names `temp` in the first window.
 - label-shift: from week 4 every true count is 1.5x (the world changed): how many weekly checks until
-  a model trained on shifted labels serves.
+  a model fitted on shifted labels (a retraining or a level correction) serves.
 
     .venv/bin/python benchmarks/loop.py [--full] [--scenario policies] [--weeks 12] [--json FILE]
 
-Wall time here (2 cores): about 2 minutes for the 12-week scenarios, 15 more with --full.
+Wall time here (2 cores): about 100 s for the 12-week policies and scenarios, 5 minutes for --full policies.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -64,9 +68,11 @@ from models.train import PreparedSplits, fit, split_weights  # noqa: E402
 from monitoring.check import plan_alerts  # noqa: E402
 from monitoring.decide import (  # noqa: E402
     Decision,
+    Level,
     input_problems,
     judge_challenger,
     judge_harm,
+    judge_level,
     judge_previous,
     retrain_due,
 )
@@ -91,12 +97,34 @@ class Model:
     evaluation: Any
     baselines: dict[str, dict[str, float]]
     refit_on: str
+    recalibrated_from: str | None = None
 
     def predict(self, rows: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
         return predict(self.net, rows, schema)
 
     def normal_errors(self, schema: FeatureSchema) -> np.ndarray:
         return row_errors(schema.task.value, encode_target(self.test, schema), self.test_outputs)
+
+    def level(self, rows: pd.DataFrame, schema: FeatureSchema, params: Params) -> Level | None:
+        """monitoring.decide.judge_level on labelled rows, per day."""
+        return judge_level(
+            rows[schema.target].to_numpy(),
+            self.predict(rows, schema),
+            self.net.spec.target_transform,
+            float(next(b for n, b in self.net.named_buffers() if n.endswith("target_scale"))),
+            params.monitor.recalibrate,
+            blocks=rows[schema.time_column].dt.date.to_numpy(),
+        )
+
+    def recalibrated(self, level: Level, at: pd.Timestamp) -> Model:
+        """This network with its output shifted by the level (as release.recalibrate does to the ONNX
+        file); its judged outputs stay the network's own, as in the registry."""
+        net = copy.deepcopy(self.net)
+        with torch.no_grad():
+            for name, buffer in net.named_buffers():
+                if name.endswith("target_shift"):
+                    buffer += level.offset
+        return replace(self, name=f"{self.name}~{level.change:+.0%}", net=net, until=at, recalibrated_from=self.name)
 
 
 class Trainer:
@@ -222,6 +250,7 @@ class Replay:
             self.truth.loc[shifted, "cnt"] = (self.truth.loc[shifted, "cnt"] * self.label_factor).round()
         self.starts = list(pd.date_range(self.begin, self.end - WEEK, freq="7D"))
         self.trainer = Trainer(self.schema, self.params)
+        self.recalibrations: list[Model] = []
         self.record = record_model(self.schema)
 
     def rows(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
@@ -355,6 +384,20 @@ def run_policies(replay: Replay, policies: list[str]) -> tuple[list[Week], dict[
                         shadows.pop(v.version)
                     else:
                         shadows[v.version] = (shadows[v.version][0], shadows[v.version][1], v.windows)
+            # A level shift: production with its output moved by it, in shadow as a challenger.
+            level = (
+                production["loop"].level(labelled, schema, params)
+                if params.monitor.recalibrate.enabled
+                and not problems
+                and len(labelled) >= params.monitor.min_labelled_rows
+                else None
+            )
+            if level is not None and level.act:
+                recalibrated = production["loop"].recalibrated(level, check_at)
+                replay.recalibrations.append(recalibrated)
+                shadows = {k: v for k, v in shadows.items() if not (v[1] == "challenger" and v[0].recalibrated_from)}
+                shadows[recalibrated.name] = (recalibrated, "challenger", 0)
+                week.events.append(f"level {level.change:+.0%}: {recalibrated.name} in shadow")
             newest = labelled["timestamp"].max() if len(labelled) else None
             reason = retrain_due(
                 "harm" in week.alerts,
@@ -367,7 +410,9 @@ def run_policies(replay: Replay, policies: list[str]) -> tuple[list[Week], dict[
                 candidate = replay.train(check_at, sent)
                 counts["loop"]["trainings"] += 1
                 if gate(candidate, production["loop"], schema, params):
-                    shadows = {k: v for k, v in shadows.items() if v[1] != "challenger"}
+                    shadows = {
+                        k: v for k, v in shadows.items() if not (v[1] == "challenger" and not v[0].recalibrated_from)
+                    }
                     shadows[candidate.name] = (candidate, "challenger", 0)
                     week.events.append(f"trained {candidate.name} ({reason}): shadow")
                 else:
@@ -425,7 +470,7 @@ def own_data(args: argparse.Namespace) -> dict[str, Any]:
         for s in pd.date_range(known["timestamp"].min().normalize(), replay.begin - WEEK, freq="7D")
     ]
     state: dict[str, Any] = {"incidents": {}, "shadow_windows": {}, "failed_candidates": 0}
-    alerts = []
+    alerts, corrections = [], 0
     for rows in windows:
         y = rows["cnt"].to_numpy()
         harm = judge_harm(
@@ -447,7 +492,14 @@ def own_data(args: argparse.Namespace) -> dict[str, Any]:
         )
         now = (rows["timestamp"].max() + DAY).tz_localize("UTC").to_pydatetime()
         alerts += plan_alerts(state, Decision(harm, problems, []), now, params)
-    return {"windows": len(windows), "alerts": len(alerts), "kinds": sorted({a["kind"] for a in alerts})}
+        level = model.level(rows, schema, params)
+        corrections += bool(level is not None and level.act)
+    return {
+        "windows": len(windows),
+        "alerts": len(alerts),
+        "kinds": sorted({a["kind"] for a in alerts}),
+        "level corrections put in shadow": corrections,
+    }
 
 
 def input_scenario(args: argparse.Namespace, problem: str, column: str) -> dict[str, Any]:
@@ -457,11 +509,13 @@ def input_scenario(args: argparse.Namespace, problem: str, column: str) -> dict[
     weeks, summary = run_policies(replay, ["loop"])
     first = next((w.index for w in weeks if any(i.endswith(":" + column) for i in w.inputs)), None)
     trained_during = [e for w in weeks[3:] for e in w.events if e.startswith("trained")]
+    corrected_during = [e for w in weeks[3:] for e in w.events if e.startswith("level")]
     return {
         "problem from week": 3,
         "named in week": first,
         "named as": sorted({i for w in weeks for i in w.inputs}),
         "trainings while it lasted": len(trained_during),
+        "level corrections while it lasted": len(corrected_during),
     }
 
 
@@ -472,7 +526,9 @@ def label_shift(args: argparse.Namespace) -> dict[str, Any]:
     replay.starts = replay.starts[: shift_week + 5]
     weeks, summary = run_policies(replay, ["frozen", "loop"])
     knew_shift = {
-        m.name for m in replay.trainer.cache.values() if m.until > begin + shift_week * WEEK + replay.label_delay
+        m.name
+        for m in [*replay.trainer.cache.values(), *replay.recalibrations]
+        if m.until > begin + shift_week * WEEK + replay.label_delay
     }
     trained_on_shift = next((w.index for w in weeks if w.served["loop"] in knew_shift), None)
     return {

@@ -93,6 +93,7 @@ def gate_and_promote(
     from loopline.registry import Registry
     from monitoring.check import LoopState
     from release.promote import PromotionRefused, end_shadow, promote, register_candidate, start_shadow
+    from release.recalibrate import is_recalibration
 
     project = ProjectPaths(registry_root or paths.root)
     registry = Registry.for_project(project.root)
@@ -116,8 +117,8 @@ def gate_and_promote(
     try:
         if production is not None and production != version.id and load_params(paths.params).promote.live:
             start_shadow(registry, version.id, "challenger", {"reason": "passed the gate", "production": production})
-            for older, role in registry.shadows().items():
-                if role == "challenger" and older != version.id:
+            for older, role in registry.shadows().items():  # a level correction competes on its own
+                if role == "challenger" and older != version.id and not is_recalibration(registry.get(older)):
                     end_shadow(registry, older, {"reason": f"superseded by {version.id}, trained on newer data"})
             return {
                 **outcome,

@@ -239,6 +239,21 @@ class InputParams(_Section):
     """A column whose value more records than this came without."""
 
 
+class RecalibrateParams(_Section):
+    """A level correction of production (regression): when the labelled window's true values sit above or
+    below production's predictions by a steady factor (the world's level moved: prices, demand, a new
+    counting method), production with its output shifted by that factor becomes a challenger in shadow;
+    it is promoted only when it beats production on the next labelled window, like any candidate. It
+    answers a level shift within a week, while a retraining needs weeks of shifted labels to move."""
+
+    enabled: bool = True
+    min_change: float = Field(default=0.1, gt=0, lt=1)
+    """The smallest level change acted on: true values this fraction above or below the predictions (a
+    factor on 1 + y for a log1p target; a share of the target's standard deviation for a standardised one)."""
+    confidence: float = Field(default=0.9, gt=0.5, lt=1)
+    """The interval of the change, from day-blocked residual means, must exclude no change."""
+
+
 class MonitorParams(_Section):
     window_hours: float = Field(default=168.0, gt=0)
     """A scheduled check reads the request log of the last this many hours."""
@@ -260,6 +275,7 @@ class MonitorParams(_Section):
     inputs: InputParams = InputParams()
     drift: DriftParams = DriftParams()
     alerts: AlertParams = AlertParams()
+    recalibrate: RecalibrateParams = RecalibrateParams()
 
     @field_validator("severities")
     @classmethod

@@ -53,6 +53,7 @@ from monitoring.decide import (
     input_problems,
     judge_challenger,
     judge_harm,
+    judge_level,
     judge_previous,
     permutation_importance,
     retrain_due,
@@ -342,6 +343,8 @@ def run_check(
         alerts = plan_alerts(state, decision, now, params)
         if act:
             outcome.actions = act_on_shadows(paths, registry, verdicts, state, harm)
+            if params.monitor.recalibrate.enabled and not inputs:
+                outcome.actions += recalibrate(registry, window, version, result, params)
         for v in verdicts:
             if v.version in registry.shadows():
                 windows[v.version] = v.windows
@@ -444,6 +447,59 @@ def act_on_shadows(
     return actions
 
 
+def recalibrate(
+    registry: Registry, window: pd.DataFrame, served_by: str, result: WindowCheck, params: Params
+) -> list[dict[str, Any]]:
+    """When the labelled window shows a level shift of production's predictions (monitoring.decide.
+    judge_level; production's own, or its shadow predictions when a promotion or rollback just changed
+    it), register production with its output moved by it (release.recalibrate) and score it in shadow as
+    a challenger, in place of an older level correction."""
+    from release.promote import end_shadow, start_shadow, version_schema
+    from release.recalibrate import is_recalibration, output_transform, register_recalibration
+
+    current = registry.production()
+    column = "prediction" if current == served_by else SHADOW_PREFIX + str(current)
+    version = registry.get(str(current))
+    schema = version_schema(version)
+    if column not in window or schema.target not in window:
+        return []
+    rows = window[window[schema.target].notna() & window[column].notna()]
+    if len(rows) < params.monitor.min_labelled_rows:
+        return []
+    shape = output_transform(version, schema)
+    if shape is None:
+        return []
+    times = rows[schema.time_column] if schema.time_column and rows[schema.time_column].notna().all() else None
+    days = _as_utc(times if times is not None else rows["served_at"]).dt.date.to_numpy()
+    level = judge_level(
+        rows[schema.target].to_numpy(np.float64),
+        rows[column].to_numpy(np.float64),
+        shape[0],
+        shape[1],
+        params.monitor.recalibrate,
+        blocks=days,
+    )
+    if level is None or not level.act:
+        return []
+    corrected = register_recalibration(registry, version, schema, level.to_dict(), {"period": result.period})
+    if corrected.id in registry.shadows():
+        return []
+    start_shadow(registry, corrected.id, "challenger", {"reason": f"level correction of {current}: {level.describe()}"})
+    for older, role in registry.shadows().items():
+        if role == "challenger" and older != corrected.id and is_recalibration(registry.get(older)):
+            end_shadow(registry, older, {"reason": f"superseded by the level correction {corrected.id}"})
+    return [
+        {
+            "action": "recalibrated",
+            "version": corrected.id,
+            "parent": current,
+            "level": level.to_dict(),
+            "reason": level.describe(),
+            "email": False,
+        }
+    ]
+
+
 def retrain_reason(
     params: Params,
     decision: Decision,
@@ -506,6 +562,13 @@ def compose_alert(
             )
         else:
             todo = "Train a candidate (`loopline train`); it is scored in shadow before it can replace the model."
+        corrected = next((a for a in outcome.actions if a["action"] == "recalibrated"), None)
+        if corrected and not decision.inputs:
+            todo = (
+                f"Nothing yet: the true values sit {corrected['level']['change']:+.0%} against the predictions, so "
+                f"production with its output moved by that much ({corrected['version'][:8]}) is in shadow and "
+                "replaces it at the next check if it does better on the labelled records. " + todo
+            )
     elif kind == "input":
         names = ", ".join(f"`{p.column}`" for p in alert["problems"] if p.column) or "requests"
         subject = f"input problem in {names}, {result.period}"
@@ -574,6 +637,11 @@ def compose_alert(
 def _describe_action(action: dict[str, Any]) -> str:
     if action["action"] == "rolled back":
         return f"rolled back {action['from'][:8]} to {action['to'][:8]}"
+    if action["action"] == "recalibrated":
+        return (
+            f"put {action['version'][:8]} in shadow, {action['parent'][:8]} with its output moved by "
+            f"{action['level']['change']:+.0%} ({action['reason']})"
+        )
     return f"{action['action']} {action['version'][:8]}"
 
 

@@ -13,6 +13,9 @@ registry; the scenario suite (benchmarks/loop.py) gathers it from a replay; both
   after `promote.max_windows` checks.
 - Rollback (`judge_previous`): after a promotion the replaced model stays in shadow; when the new model
   is worse than it on the same live rows with confidence, production goes back.
+- Level shifts (`judge_level`, regression): the labelled window's true values above or below
+  production's predictions by a steady factor; production with its output shifted by it becomes a
+  challenger (`release.recalibrate`), promoted only on the next window's live evidence.
 - The input contract (`input_problems`): refused requests, missing values and unit-like changes per
   column are an incident of their own, named per column; a retraining cannot fix them.
 """
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopline.config import LiveParams, MonitorParams
+from loopline.config import LiveParams, MonitorParams, RecalibrateParams
 from loopline.evidence import Comparison, compare_paired, compare_to_reference
 from loopline.schema import FeatureSchema
 
@@ -188,6 +191,68 @@ def judge_previous(
     if windows >= live.watch_windows:
         return ShadowVerdict(version, "previous", "release", f"the promoted model holds: {c.describe()}", c, windows)
     return ShadowVerdict(version, "previous", "wait", f"watching: {c.describe()}", c, windows)
+
+
+# ----------------------------------------------------------------------------------- level shifts
+@dataclass
+class Level:
+    offset: float
+    """What to add to the model's output on its transformed scale (log1p or standardised target units)."""
+    change: float
+    """The level change as people read it: a factor - 1 on 1 + y (log1p), or a share of the target's
+    standard deviation (standardised)."""
+    low: float
+    high: float
+    rows: int
+    days: int
+    act: bool
+    """A steady change of at least `min_change` whose interval excludes no change."""
+    transform: str
+
+    def describe(self) -> str:
+        unit = "" if self.transform == "log1p" else " sd"
+        return (
+            f"true values {self.change:+.0%}{unit} against the predictions (interval {self.low:+.0%} to "
+            f"{self.high:+.0%}, {self.rows} rows over {self.days} days)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def judge_level(
+    y: np.ndarray,
+    predictions: np.ndarray,
+    transform: str,
+    target_scale: float,
+    params: RecalibrateParams,
+    *,
+    blocks: np.ndarray,
+) -> Level | None:
+    """The mean residual on the model's own target scale (log1p(y) - log1p(prediction), or y - prediction
+    for a standardised target), with a t interval over the blocks' (days') means, so that one unusual
+    day or hour cannot make a level. None: fewer than three blocks, or an untransformed target."""
+    from scipy import stats
+
+    if transform not in ("log1p", "standardize") or len(y) == 0:
+        return None
+    y, predictions = np.asarray(y, np.float64), np.asarray(predictions, np.float64)
+    if transform == "log1p":
+        residuals = np.log1p(np.clip(y, 0, None)) - np.log1p(np.clip(predictions, 0, None))
+    else:
+        residuals = y - predictions
+    means = pd.Series(residuals).groupby(np.asarray(blocks).astype(str)).mean().to_numpy()
+    if len(means) < 3:
+        return None
+    offset = float(means.mean())
+    half = float(stats.t.ppf(1 - (1 - params.confidence) / 2, len(means) - 1) * means.std(ddof=1) / np.sqrt(len(means)))
+    if transform == "log1p":
+        change, low, high = (float(np.expm1(v)) for v in (offset, offset - half, offset + half))
+    else:
+        scale = max(target_scale, 1e-12)
+        change, low, high = offset / scale, (offset - half) / scale, (offset + half) / scale
+    act = abs(change) >= params.min_change and (low > 0 or high < 0)
+    return Level(offset, change, low, high, len(y), len(means), act, transform)
 
 
 # --------------------------------------------------------------------------------- input contract

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from loopline.config import LiveParams, MonitorParams
+from loopline.config import LiveParams, MonitorParams, RecalibrateParams
 from loopline.evidence import compare_paired, compare_to_reference, row_errors
 from loopline.schema import load_schema
 from monitoring.decide import (
@@ -15,6 +15,7 @@ from monitoring.decide import (
     input_problems,
     judge_challenger,
     judge_harm,
+    judge_level,
     judge_previous,
     unit_change,
 )
@@ -96,6 +97,46 @@ def test_a_promoted_model_worse_than_the_one_it_replaced_is_rolled_back() -> Non
     assert judge_previous("old", old * 1.3, old, live, windows=1).decision == "rollback"
     assert judge_previous("old", old * 0.9, old, live, windows=1).decision == "release"
     assert judge_previous("old", old * 1.3, old, LiveParams(rollback=False), windows=1).decision == "release"
+
+
+# ----------------------------------------------------------------------------------- level shifts
+def days_of(n_days: int, per_day: int = 24) -> np.ndarray:
+    return np.repeat(np.arange(n_days), per_day)
+
+
+def test_a_steady_factor_on_the_true_counts_is_a_level_to_correct_and_its_offset_undoes_it() -> None:
+    rng = np.random.default_rng(3)
+    predictions = rng.gamma(2.0, 80.0, 5 * 24)
+    truth = np.round((1 + predictions) * np.exp(rng.normal(0, 0.3, predictions.size)) * 1.5 - 1).clip(0)
+    level = judge_level(truth, predictions, "log1p", 1.2, RecalibrateParams(), blocks=days_of(5))
+    assert level is not None and level.act and level.days == 5
+    assert level.change == pytest.approx(0.5, abs=0.1) and level.low > 0
+    assert np.expm1(level.offset) == pytest.approx(level.change)
+    assert "true values +" in level.describe() and "over 5 days" in level.describe()
+
+
+def test_noise_a_small_change_and_one_unusual_day_are_not_levels() -> None:
+    rng = np.random.default_rng(4)
+    predictions = rng.gamma(2.0, 80.0, 7 * 24)
+    noisy = (1 + predictions) * np.exp(rng.normal(0, 0.3, predictions.size)) - 1
+    assert not judge_level(noisy, predictions, "log1p", 1.2, RecalibrateParams(), blocks=days_of(7)).act
+    small = (1 + predictions) * 1.05 * np.exp(rng.normal(0, 0.02, predictions.size)) - 1
+    found = judge_level(small, predictions, "log1p", 1.2, RecalibrateParams(), blocks=days_of(7))
+    assert found.low > 0 and not found.act  # real, but below min_change
+    one_day = predictions.copy()
+    one_day[:24] *= 4  # a festival: the mean moves, the days disagree
+    assert not judge_level(one_day, predictions, "log1p", 1.2, RecalibrateParams(), blocks=days_of(7)).act
+
+
+def test_a_standardised_target_levels_in_its_own_units_and_too_few_days_decide_nothing() -> None:
+    predictions = np.linspace(10, 20, 4 * 24)
+    level = judge_level(predictions + 3.0, predictions, "standardize", 5.0, RecalibrateParams(), blocks=days_of(4))
+    assert level.offset == pytest.approx(3.0) and level.change == pytest.approx(0.6) and level.act
+    assert (
+        judge_level(predictions + 3.0, predictions, "standardize", 5.0, RecalibrateParams(), blocks=days_of(2, 48))
+        is None
+    )
+    assert judge_level(predictions, predictions, "none", 1.0, RecalibrateParams(), blocks=days_of(4)) is None
 
 
 # --------------------------------------------------------------------------------- input contract
