@@ -10,10 +10,11 @@
    error against its normal error (harm alerts by email, written to the scratch project's outbox/local
    as .eml unless SMTP is configured), the challenger in shadow against production on the same labelled
    records (promoted when better with confidence; the running service swaps to it without a restart),
-   the replaced model watched for a rollback. Once a week of newer labels has arrived it starts the
-   training flow, which harvests the labelled traffic into a batch, retrains on the initial data plus
-   everything harvested (never on the bundled file's later rows), commits the run on the
-   `loopline/retrain` branch and gates the candidate; one that passes is scored in shadow.
+   the replaced model watched for a rollback, and a level correction of production put in shadow when
+   the labelled records sit a steady factor above or below its predictions. Once a week of newer labels
+   has arrived it starts the training flow, which harvests the labelled traffic into a batch, retrains
+   on the initial data plus everything harvested (never on the bundled file's later rows), commits the
+   run on the `loopline/retrain` branch and gates the candidate; one that passes is scored in shadow.
 5. At the end: a timeline table (reports/demo/timeline.md) and a plot (reports/demo/weekly_error.png) of
    the served model's weekly error against the first model left frozen and against a weekly-gated
    schedule (each week's candidate promoted at once when it passes the gate, judged against that
@@ -258,6 +259,11 @@ def check_week(client: Client, week: Week, window: tuple[datetime, datetime], on
             week.events.append(f"rolled back to {changed[:8]}")
         elif action["action"] == "retired":
             week.events.append(f"retired {action['version'][:8]}")
+        elif action["action"] == "recalibrated":
+            week.events.append(
+                f"level {action['level']['change']:+.0%}: {action['version'][:8]} "
+                f"({action['parent'][:8]} corrected) in shadow"
+            )
     trained = outcome.get("training")
     if trained:
         week.candidate = trained["version"]
