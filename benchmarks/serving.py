@@ -10,7 +10,8 @@ started and measured one after another in this one run with wrk (a C load genera
 - fastapi + pytorch eager: the same endpoint over the trained PyTorch module in artifacts/model, the one
   the production model was exported from after `make pipeline` (what most people write).
 
-Single-record requests and 256-record requests, `--connections` connections each, for `--seconds`.
+Single-record requests and 256-record requests (JSON; and for Loopline's service the same 256 records as
+an Apache Arrow IPC stream body), `--connections` connections each, for `--seconds`.
 In-process ONNX Runtime on the same 256 records gives the rows/s an HTTP server is compared with: the
 graph alone on encoded arrays, and raw records encoded and run (the work a caller in the same process
 does). RSS is the server's whole process tree after its load. Run after `make pipeline`:
@@ -40,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BIN = Path(sys.executable).parent
 
+from serving.arrow import ARROW_STREAM, encode_table  # noqa: E402
+
 
 @dataclass
 class Load:
@@ -56,6 +59,8 @@ class Contender:
     env: dict[str, str]
     loads: dict[str, Load]
     rss_mib: float = 0.0
+    arrow: bool = False
+    """It takes Arrow IPC bodies (Loopline's service): the Arrow load runs too."""
 
 
 def free_port() -> int:
@@ -81,9 +86,10 @@ def wait_ready(url: str, body: bytes, process: subprocess.Popen, timeout: float 
 
 def wrk(url: str, body_file: Path, connections: int, seconds: float) -> Load:
     script = body_file.with_suffix(".lua")
+    media = ARROW_STREAM if body_file.suffix == ".arrow" else "application/json"
     script.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f'local f = io.open("{body_file}")\nwrk.body = f:read("*a")\nf:close()\n'
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{media}"\n'
+        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
     )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
@@ -127,6 +133,8 @@ def measure(contender: Contender, bodies: dict[str, Path], connections: int, sec
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{contender.name}: {exc}; its output is in {log.name}") from None
         for label, body in bodies.items():
+            if body.suffix == ".arrow" and not contender.arrow:
+                continue
             wrk(url, body, connections, min(2.0, seconds))  # warm-up
             contender.loads[label] = wrk(url, body, connections, seconds)
         contender.rss_mib = tree_rss_mib(process.pid)
@@ -193,6 +201,8 @@ def main() -> None:
     bodies = {"1 record": scratch / "one.json", "256 records": scratch / "batch.json"}
     bodies["1 record"].write_text(json.dumps({"records": records[:1]}))
     bodies["256 records"].write_text(json.dumps({"records": records}))
+    bodies["256 records, Arrow"] = scratch / "batch.arrow"
+    bodies["256 records, Arrow"].write_bytes(encode_table(pd.DataFrame(records)))
 
     env = {
         "BENTOML_HOME": os.environ.get("BENTOML_HOME", str(REPO / ".state" / "bentoml")),
@@ -217,8 +227,11 @@ def main() -> None:
             bentoml,
             {**env, "LOOPLINE_REQUEST_LOG": str(scratch / "requests")},
             {},
+            arrow=True,
         ),
-        Contender("loopline (bentoml), request log off", bentoml, {**env, "LOOPLINE_REQUEST_LOG": "off"}, {}),
+        Contender(
+            "loopline (bentoml), request log off", bentoml, {**env, "LOOPLINE_REQUEST_LOG": "off"}, {}, arrow=True
+        ),
         Contender("fastapi + onnxruntime", plain, {**plain_env, "LOOPLINE_BENCH_RUNTIME": "onnx"}, {}),
         Contender(
             "fastapi + pytorch eager",
@@ -231,6 +244,7 @@ def main() -> None:
             bentoml,
             {**env, "LOOPLINE_REQUEST_LOG": str(scratch / "requests-2"), "LOOPLINE_WORKERS": "2"},
             {},
+            arrow=True,
         ),
         Contender(
             "fastapi + onnxruntime, 2 workers",
@@ -259,25 +273,24 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for contender in contenders:
         for label, load in contender.loads.items():
-            base = reference.loads.get(label) if reference else None
+            base = reference.loads.get(label.removesuffix(", Arrow")) if reference else None
             ratio = f"{load.requests_per_s / base.requests_per_s:.2f}x" if base else "-"
             p99 = f"{load.p99_ms / base.p99_ms:.2f}x" if base else "-"
             n = 1 if label == "1 record" else 256
             print(
                 f"| {contender.name} | {n} | {load.requests_per_s:,.0f} | {load.requests_per_s * n:,.0f} | "
                 f"{load.p50_ms:.1f} | {load.p99_ms:.1f} | {ratio} | {p99} | {load.errors} | {contender.rss_mib:,.0f} |"
-            )
+            )  # the Arrow load's ratios are against the hand-written endpoint's JSON body of the same records
 
     print(
         "\nin-process ONNX Runtime, 256 records per call (median call), and the servers' 256-record rows/s against it\n"
     )
-    print("| in process | rows/s | " + " | ".join(c.name for c in contenders if "256 records" in c.loads) + " |")
-    print("|---|---:|" + "---:|" * sum("256 records" in c.loads for c in contenders))
-    for label, rate in in_process.items():
-        shares = [
-            f"{c.loads['256 records'].requests_per_s * 256 / rate:.2f}x" for c in contenders if "256 records" in c.loads
-        ]
-        print(f"| {label} | {rate:,.0f} | " + " | ".join(shares) + " |")
+    columns = [(c, label) for c in contenders for label in c.loads if label.startswith("256")]
+    print("| in process | rows/s | " + " | ".join(f"{c.name}, {label}" for c, label in columns) + " |")
+    print("|---|---:|" + "---:|" * len(columns))
+    for name, rate in in_process.items():
+        shares = [f"{c.loads[label].requests_per_s * 256 / rate:.2f}x" for c, label in columns]
+        print(f"| {name} | {rate:,.0f} | " + " | ".join(shares) + " |")
 
     on = next((c for c in contenders if c.name == "loopline (bentoml), request log on"), None)
     off = next((c for c in contenders if c.name == "loopline (bentoml), request log off"), None)
@@ -285,7 +298,9 @@ def main() -> None:
         print(
             "\nrequest log cost (throughput with the log on / off): "
             + ", ".join(
-                f"{label} {on.loads[label].requests_per_s / off.loads[label].requests_per_s:.2f}x" for label in on.loads
+                f"{label} {on.loads[label].requests_per_s / off.loads[label].requests_per_s:.2f}x"
+                for label in on.loads
+                if label in off.loads
             )
         )
 

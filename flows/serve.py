@@ -6,7 +6,8 @@
 
 Monitoring hourly and training weekly by default; the hyperparameter search (`tuning`, which ends in a
 training run on its winner) has no schedule unless --tuning-cron gives one. `--no-schedules` registers
-them all without schedules (run them with `prefect deployment run monitoring/monitoring`).
+them all without schedules (run them with `prefect deployment run monitoring/monitoring`). The batch
+`scoring` deployment never has a schedule: run it with its input and output as parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from prefect import serve
 
 from flows.monitor import monitoring
+from flows.scoring import scoring
 from flows.training import training
 from flows.tuning import tuning
 from loopline.env import use_project_state
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         monitoring.to_deployment(name="monitoring", cron=cron(args.monitoring_cron)),
         training.to_deployment(name="training", cron=cron(args.training_cron)),
         tuning.to_deployment(name="tuning", cron=cron(args.tuning_cron) if args.tuning_cron else None),
+        scoring.to_deployment(name="scoring"),  # on demand: --param input=... --param output=...
     )
     return 0
 

@@ -6,6 +6,7 @@
     loopline tune [--trials N]        hyperparameter search (tune: in params.yaml); writes tuned.yaml
     loopline cv                       cross-validation of the training settings (cv: in params.yaml)
     loopline serve [--port P]         the HTTP service over the production model, on 127.0.0.1
+    loopline score INPUT OUTPUT       offline batch scoring of a CSV/Parquet file or folder (rejects and lineage beside)
     loopline deploy                   the scheduled Prefect deployments (training, monitoring, tuning)
     loopline demo [--weeks N]         the closed loop on the bike data, end to end
     loopline register                 store the pipeline's candidate as a version and print its gate verdict
@@ -137,6 +138,10 @@ JOBS = {
     "serve": (
         ["-m", "bentoml", "serve", "serving.service:Predictor", "--host", "127.0.0.1"],
         "the HTTP service over the production model (BentoML; --port, default 3000)",
+    ),
+    "score": (
+        ["-m", "serving.score"],
+        "offline batch scoring of a CSV or Parquet file (or folder) with the production model",
     ),
     "deploy": (["-m", "flows.serve"], "the scheduled Prefect deployments (training, monitoring, tuning)"),
     "demo": (["-m", "flows.demo"], "the closed loop on the bike data, end to end"),

@@ -1,9 +1,10 @@
 """ASGI guards in front of the service: an optional API key, a request-size limit, and Loopline's own
 wording for invalid requests.
 
-The key, the body's media type (JSON only: 415 otherwise) and its size are checked before BentoML reads
-or parses the body, with a JSON error that says what to change. Health, readiness, metrics and the OpenAPI document stay open, so probes and scrapers
-need no key. A 400 from BentoML's input validation (pydantic's error list) is rewritten on its way out
+The key, the body's media type (JSON, or an Apache Arrow IPC stream to /predict: 415 otherwise) and its
+size are checked before BentoML reads or parses the body, with a JSON error that says what to change.
+An Arrow body is answered by the service's own handler (serving.arrow), past BentoML's JSON parsing.
+Health, readiness, metrics and the OpenAPI document stay open, so probes and scrapers need no key. A 400 from BentoML's input validation (pydantic's error list) is rewritten on its way out
 into `{"error": "<summary>", "problems": [{"field": "records[0].temp", "problem": "..."}]}`, and
 `quiet_validation_errors` turns BentoML's traceback for each of them into one log line.
 """
@@ -17,12 +18,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loopline.request_model import MAX_REQUEST_ID_LENGTH, describe_errors, error_body, valid_request_id
+from serving.arrow import is_arrow
 
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+ARROW_PATH = "/predict"
+ArrowHandler = Callable[[bytes, dict[bytes, bytes]], tuple[int, bytes, str, list[tuple[bytes, bytes]]]]
+"""(body, headers) -> (status, payload, content type, extra headers): the service's Arrow answer."""
 
 OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics", "/docs.json", "/"})
 
@@ -50,6 +56,7 @@ class RequestGuard:
         api_key: str | None,
         max_body_bytes: int,
         on_refused: Callable[[str, dict[str, Any]], None] | None = None,
+        arrow: ArrowHandler | None = None,
     ) -> None:
         """`on_refused(path, body)` sees every request answered 400 for invalid input, with the error
         body the client got (the service logs them: monitoring watches the share of refused requests)."""
@@ -57,6 +64,7 @@ class RequestGuard:
         self.on_refused = on_refused
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
+        self.arrow = arrow
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith("/static"):
@@ -72,7 +80,8 @@ class RequestGuard:
                 },
                 [(b"www-authenticate", b"Bearer")],
             )
-        if scope["method"] == "POST" and not _is_json(headers.get(b"content-type")):
+        arrow = self.arrow is not None and scope["path"] == ARROW_PATH and is_arrow(headers.get(b"content-type"))
+        if scope["method"] == "POST" and not arrow and not _is_json(headers.get(b"content-type")):
             return await send_json(send, 415, {"error": "the body must be JSON: send 'Content-Type: application/json'"})
         request_id = headers.get(b"x-request-id")
         if request_id is not None and not valid_request_id(request_id):
@@ -103,6 +112,8 @@ class RequestGuard:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
+        if arrow and scope["method"] == "POST":
+            return await self._answer_arrow(scope, body, headers, send)
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -114,6 +125,30 @@ class RequestGuard:
 
         refused = None if self.on_refused is None else (lambda body: self.on_refused(scope["path"], body))
         return await self.app(scope, replay, reword_client_errors(send, refused))
+
+    async def _answer_arrow(self, scope: Scope, body: bytes, headers: dict[bytes, bytes], send: Send) -> None:
+        """An Arrow IPC body, answered by the service's handler (serving.arrow) without BentoML's JSON
+        parsing; a 400 is recorded as refused like a JSON one."""
+        status, payload, content_type, extra = self.arrow(body, headers)  # type: ignore[misc]
+        if status == 400 and self.on_refused is not None:
+            try:
+                self.on_refused(scope["path"], json.loads(payload))
+            except Exception:  # recording a refusal never changes the answer
+                log.warning("could not record a refused request", exc_info=True)
+        if status == 400:
+            log.info("%s: invalid Arrow body, answered 400", scope["path"])
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(payload)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         supplied = headers.get(b"authorization", b"")

@@ -29,7 +29,8 @@ from fastapi import FastAPI
 from pydantic import Field
 from starlette.responses import Response
 
-from loopline.features import RecordEncoder, decode_predictions
+from loopline.columns import validate_columns
+from loopline.features import RecordEncoder, decode_predictions, encode_features, prediction_columns
 from loopline.paths import ProjectPaths, project_root
 from loopline.registry import (
     BENTO_MODEL_NAME,
@@ -45,6 +46,7 @@ from loopline.runtime import onnx_session, reproduces_golden, run_encoded
 from loopline.schema import FeatureSchema, load_schema
 from loopline.settings import Settings
 from serving import bentoml_fixes
+from serving.arrow import ARROW_STREAM, ArrowBodyError, arrow_answer, is_arrow, read_table, to_frame, type_problems
 from serving.guards import RequestGuard, quiet_validation_errors
 from serving.request_log import ParquetWindows, RequestLog, logged_request_ids
 
@@ -221,6 +223,7 @@ class Predictor:
                 registry, self.served.version, self.swap_to, SETTINGS.swap_poll_seconds, on_shadow=self.set_shadows
             )
             self.watcher.start()
+        _PREDICTORS.append(self)
         gc.collect()
         gc.freeze()
 
@@ -287,6 +290,44 @@ class Predictor:
         body = {"model_version": served.version, "request_id": request_id, **decode_predictions(outputs, served.schema)}
         return Response(orjson.dumps(body), media_type="application/json")  # type: ignore[return-value]
 
+    def predict_arrow(self, body: bytes, headers: dict[bytes, bytes]) -> tuple[int, bytes, str, list]:
+        """/predict with an Arrow IPC stream body (serving.arrow): the same model, encoding, request log
+        and answer as the JSON path; the answer is Arrow when the Accept header asks for it."""
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
+        echo = [(b"x-request-id", request_id.encode("latin-1"))]
+        served = self.served
+        schema = served.schema
+        try:
+            table = read_table(body)
+            problems = type_problems(table, schema)
+            if problems:
+                words = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+                raise ArrowBodyError(f"invalid request: {words}", problems)
+            if not 1 <= table.num_rows <= MAX_RECORDS:
+                raise ArrowBodyError(f"invalid request: {table.num_rows} records; send 1 to {MAX_RECORDS} a request")
+            frame = to_frame(table)
+            checked = validate_columns(frame, schema)
+            if checked.problems:
+                words = "; ".join(p.describe() for p in checked.problems)
+                raise ArrowBodyError(f"invalid request: {words}", [p.to_dict() for p in checked.problems])
+        except ArrowBodyError as exc:
+            return 400, orjson.dumps({"error": str(exc), "problems": exc.problems}), "application/json", echo
+        features = encode_features(frame, schema)
+        outputs = run_encoded(served.session, features)
+        if self.request_log is not None:
+            event_times = None
+            if schema.time_column and schema.time_column in frame:
+                times = pd.to_datetime(frame[schema.time_column], utc=True, format="ISO8601").dt.tz_convert(None)
+                event_times = [None if pd.isna(t) else t.to_pydatetime() for t in times]
+            shadow = {v: run_encoded(s.session, features) for v, s in self.shadows.items() if v != served.version}
+            self.request_log.record(request_id, served.version, features, outputs, event_times, shadow)
+            self.recent_ids.add(request_id)
+        if is_arrow(headers.get(b"accept")):
+            payload = arrow_answer(prediction_columns(outputs, schema), served.version, request_id)
+            return 200, payload, ARROW_STREAM, echo
+        answer = {"model_version": served.version, "request_id": request_id, **decode_predictions(outputs, schema)}
+        return 200, orjson.dumps(answer), "application/json", echo
+
     @bentoml.api(route="/feedback")
     def feedback(
         self,
@@ -335,6 +376,14 @@ class Predictor:
 
 
 _refusals: ParquetWindows | None = None
+_PREDICTORS: list[Predictor] = []
+"""This worker's service instance (one), for the Arrow route in front of BentoML's."""
+
+
+def answer_arrow(body: bytes, headers: dict[bytes, bytes]) -> tuple[int, bytes, str, list]:
+    if not _PREDICTORS:
+        return 503, orjson.dumps({"error": "the service is starting"}), "application/json", []
+    return _PREDICTORS[-1].predict_arrow(body, headers)
 
 
 def record_refusal(path: str, body: dict[str, Any]) -> None:
@@ -367,5 +416,9 @@ def field_column(field: str) -> str:
 
 
 Predictor.add_asgi_middleware(
-    RequestGuard, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, on_refused=record_refusal
+    RequestGuard,
+    api_key=SETTINGS.api_key,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    on_refused=record_refusal,
+    arrow=answer_arrow,
 )

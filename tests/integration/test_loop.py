@@ -353,7 +353,9 @@ def test_the_loop_through_a_prefect_server_retrains_via_the_deployment_and_the_s
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 120
-        while not {"training/training", "monitoring/monitoring"} <= prefect(bin_dir, env, project, "deployment", "ls"):
+        while not {"training/training", "monitoring/monitoring", "scoring/scoring"} <= prefect(
+            bin_dir, env, project, "deployment", "ls"
+        ):
             assert worker.poll() is None and time.monotonic() < deadline, (logs / "serve.log").read_text()
             time.sleep(2)
         mails_before = len(emails(project))

@@ -7,16 +7,20 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from conftest import Project, Server, feature_records, new_project, registered_id, reset_registry, serving
 from loopline.registry import Registry
 from loopline.runtime import read_golden
+from serving.arrow import ARROW_STREAM, encode_table
 
 KEY = {"authorization": "Bearer s3cret"}
 
@@ -59,6 +63,108 @@ def test_predict_answers_with_the_production_version_and_echoes_the_request_id(b
     assert body["request_id"] == "req-1" and headers["x-request-id"] == "req-1"
     status, body, headers = server.post("/predict", {"records": records[:1]}, KEY)
     assert status == 200 and len(body["request_id"]) == 32 and headers["x-request-id"] == body["request_id"]
+
+
+def test_loopline_score_answers_as_the_service_does_and_rejects_bad_rows_with_reasons(bike, built) -> None:
+    """A CSV scored offline in chunks: the good rows' predictions are the service's answers for the same
+    records, an id column is carried through, bad rows go to the rejects file with the column named."""
+    server, first, _, _, logs = bike
+    project = built[0]
+    records, _ = feature_records(project, first, 40)
+    table = pd.DataFrame(records).assign(ride_id=[f"r{i}" for i in range(40)])
+    table.loc[3, "temp"] = 99.0  # above the schema's maximum
+    table.loc[7, "season"] = "monsoon"
+    table["hum"] = table["hum"].astype(object)
+    table.loc[11, "hum"] = "humid"
+    source = logs / "to-score.csv"
+    table.to_csv(source, index=False)
+    out = logs / "scored.parquet"
+    done = project.loopline("score", str(source), str(out), "--chunk-rows", "16", "--no-progress")
+    summary = json.loads(done.stdout)
+    assert (summary["rows"], summary["scored"], summary["rejected"]) == (40, 37, 3)
+    scored = pd.read_parquet(out)
+    assert list(scored["source_row"]) == [i for i in range(40) if i not in (3, 7, 11)]
+    assert list(scored["ride_id"]) == [f"r{i}" for i in scored["source_row"]]
+    good = [records[i] for i in scored["source_row"]]
+    status, body, _ = server.post("/predict", {"records": good}, KEY)
+    assert status == 200 and scored["prediction"].tolist() == pytest.approx(body["predictions"], rel=1e-6)
+    rejects = pd.read_parquet(logs / "scored.rejects.parquet").set_index("source_row")
+    assert rejects.loc[3, "reasons"] == "temp: above the maximum 50"
+    assert rejects.loc[7, "reasons"].startswith("season: not one of the categories")
+    assert rejects.loc[11, "reasons"] == "hum: not a number" and rejects.loc[11, "ride_id"] == "r11"
+    lineage = json.loads((logs / "scored.lineage.json").read_text())
+    assert lineage["model"]["version"] == first and lineage["inputs"][0]["rows"] == 40
+    # The `scoring` Prefect flow (embedded mode) wraps the same function: the same answers, as CSV.
+    project.run(sys.executable, "-m", "flows.scoring", str(source), str(logs / "scored.csv"))
+    as_csv = pd.read_csv(logs / "scored.csv")
+    assert as_csv["prediction"].tolist() == pytest.approx(scored["prediction"].tolist(), rel=1e-6)
+    assert len(pd.read_csv(logs / "scored.rejects.csv")) == 3
+
+
+def post_arrow(
+    server: Server, body: bytes, accept: str = "application/json", **headers: str
+) -> tuple[int, bytes, dict]:
+    request = urllib.request.Request(
+        server.base + "/predict",
+        data=body,
+        method="POST",
+        headers={"content-type": ARROW_STREAM, "accept": accept, **KEY, **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
+
+
+def test_an_arrow_body_gets_the_json_bodys_answers_and_is_logged(bike) -> None:
+    server, first, records, _, logs = bike
+    frame = pd.DataFrame(records)
+    status, body, _ = server.post("/predict", {"records": records}, KEY)
+    assert status == 200
+    status, raw, headers = post_arrow(server, encode_table(frame), **{"x-request-id": "arrow-1"})
+    answer = json.loads(raw)
+    assert status == 200 and answer["model_version"] == first and headers["x-request-id"] == "arrow-1"
+    assert answer["predictions"] == pytest.approx(body["predictions"], rel=1e-6)
+    # Categories dictionary-encoded, as Arrow writers often send them, and an Arrow answer.
+    encoded = pa.Table.from_pandas(frame, preserve_index=False)
+    encoded = encoded.set_column(
+        encoded.schema.get_field_index("season"), "season", encoded.column("season").dictionary_encode()
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, encoded.schema) as writer:
+        writer.write_table(encoded)
+    status, raw, headers = post_arrow(server, sink.getvalue().to_pybytes(), accept=ARROW_STREAM)
+    table = pa.ipc.open_stream(raw).read_all()
+    assert status == 200 and headers["content-type"] == ARROW_STREAM
+    assert table.schema.metadata[b"model_version"].decode() == first
+    assert table.column("prediction").to_pylist() == pytest.approx(body["predictions"], rel=1e-6)
+    time.sleep(0.6)  # the request log flushes every 0.2 s here
+    logged = pd.concat(pd.read_parquet(f) for f in (logs / "requests").rglob("*.parquet"))
+    assert (logged["request_id"] == "arrow-1").sum() == len(records)
+
+
+def test_a_bad_arrow_body_answers_400_naming_the_column_and_rows_never_5xx(bike) -> None:
+    server, _, records, _, _ = bike
+    frame = pd.DataFrame(records)
+    whole = encode_table(frame)
+    cases = {
+        "wrong type": (encode_table(frame.assign(temp=frame["temp"].astype(str))), "temp", "wrong type"),
+        "missing column": (encode_table(frame.drop(columns=["hum"])), "hum", "missing column"),
+        "out of range": (encode_table(frame.assign(temp=[20.0, 99.0, 20.0, 99.0, 20.0])), "temp", "rows 1, 3"),
+        "unknown column": (encode_table(frame.assign(colour="red")), "colour", "unknown column"),
+        "not arrow": (b'{"records": []}', None, "not a whole Arrow IPC stream"),
+        "truncated": (whole[: len(whole) // 2], None, "not a whole Arrow IPC stream"),
+        "empty": (encode_table(frame.head(0)), None, "0 records"),
+    }
+    for case, (body, column, words) in cases.items():
+        status, raw, _ = post_arrow(server, body)
+        answer = json.loads(raw)
+        assert status == 400, (case, answer)
+        assert words in answer["error"], (case, answer)
+        if column is not None:
+            assert column in answer["error"] and answer["problems"][0]["field"] == column, (case, answer)
+    assert post_arrow(server, whole, **{"content-type": "application/x-arrow-file"})[0] == 415
 
 
 def test_a_request_id_that_feedback_could_never_name_is_refused(bike) -> None:

@@ -1,0 +1,107 @@
+"""Apache Arrow IPC bodies for /predict: a table of records as columns instead of JSON objects.
+
+A client sends `Content-Type: application/vnd.apache.arrow.stream` and an Arrow IPC stream whose columns
+are the schema's features (and optionally its time column). The body is checked column by column:
+that it is an Arrow stream at all (a truncated one is not), that every feature is there and nothing
+else, that each column's Arrow type fits (numbers for numeric features; the categories' own type,
+plain or dictionary-encoded, for categorical ones), then the values with the JSON path's rules
+(loopline.columns). A problem answers 400 naming the column and its first bad rows. The answer is
+JSON like the JSON path's, or an Arrow stream of the prediction columns when the client's Accept
+header asks for Arrow (the model version and request id in the schema's metadata).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.types as pat
+
+from loopline.schema import FeatureSchema, Kind
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+class ArrowBodyError(ValueError):
+    """A body that cannot be read as records: its message is the 400's error."""
+
+    def __init__(self, message: str, problems: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+def is_arrow(content_type: bytes | str | None) -> bool:
+    if content_type is None:
+        return False
+    text = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
+    return text.split(";")[0].strip().lower() == ARROW_STREAM
+
+
+def read_table(body: bytes) -> pa.Table:
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise ArrowBodyError(f"invalid request: the body is not a whole Arrow IPC stream ({exc})") from None
+
+
+def _fits(arrow_type: pa.DataType, kind: Kind, categories: tuple[Any, ...]) -> str | None:
+    """None when a column of this Arrow type can hold the feature's values, else what was expected."""
+    if pat.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pat.is_null(arrow_type):
+        return None  # all nulls: the value check says whether nulls are allowed
+    if kind is Kind.CATEGORICAL:
+        if all(isinstance(c, int) for c in categories):
+            return None if pat.is_integer(arrow_type) else "integer categories"
+        return None if (pat.is_string(arrow_type) or pat.is_large_string(arrow_type)) else "string categories"
+    if kind is Kind.DATETIME:
+        return None if (pat.is_timestamp(arrow_type) or pat.is_string(arrow_type)) else "a timestamp or ISO string"
+    return None if (pat.is_integer(arrow_type) or pat.is_floating(arrow_type)) else "a number"
+
+
+def type_problems(table: pa.Table, schema: FeatureSchema) -> list[dict[str, Any]]:
+    """Missing, unknown and mistyped columns, each named."""
+    problems = []
+    names = set(table.column_names)
+    for col in schema.features:
+        if col.name not in names:
+            problems.append({"field": col.name, "problem": "missing column"})
+    allowed = {c.name for c in schema.features} | ({schema.time_column} if schema.time_column else set())
+    for name in table.column_names:
+        if name not in allowed:
+            problems.append({"field": name, "problem": "not a feature of the model (unknown column)"})
+            continue
+        col = schema.column(name)
+        expected = _fits(table.schema.field(name).type, col.kind, tuple(col.categories))
+        if expected is not None:
+            problems.append(
+                {"field": name, "problem": f"wrong type: {table.schema.field(name).type} where {expected} is expected"}
+            )
+    return problems
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """Columns as pandas reads them, categories decoded (nulls stay None/NaN)."""
+    return table.to_pandas(strings_to_categorical=False, categories=None).astype(
+        {f.name: object for f in table.schema if pat.is_dictionary(f.type)}
+    )
+
+
+def arrow_answer(columns: dict[str, np.ndarray], model_version: str, request_id: str) -> bytes:
+    table = pa.table({k: pa.array(v) for k, v in columns.items()})
+    table = table.replace_schema_metadata({"model_version": model_version, "request_id": request_id})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def encode_table(frame: pd.DataFrame) -> bytes:
+    """A DataFrame as an Arrow IPC stream body (what a client sends)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
