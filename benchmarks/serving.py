@@ -278,7 +278,7 @@ def main() -> None:
             p99 = f"{load.p99_ms / base.p99_ms:.2f}x" if base else "-"
             n = 1 if label == "1 record" else 256
             print(
-                f"| {contender.name} | {n} | {load.requests_per_s:,.0f} | {load.requests_per_s * n:,.0f} | "
+                f"| {contender.name} | {n}{' (Arrow)' if label.endswith('Arrow') else ''} | {load.requests_per_s:,.0f} | {load.requests_per_s * n:,.0f} | "
                 f"{load.p50_ms:.1f} | {load.p99_ms:.1f} | {ratio} | {p99} | {load.errors} | {contender.rss_mib:,.0f} |"
             )  # the Arrow load's ratios are against the hand-written endpoint's JSON body of the same records
 

@@ -62,6 +62,11 @@ def _numeric(values: pd.Series, col: Column) -> dict[str, np.ndarray]:
     if values.dtype == object:
         flags = np.array([isinstance(v, (bool, np.bool_)) for v in values.tolist()], dtype=bool)
     x = pd.to_numeric(values.where(~flags), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return number_problems(x, present, col)
+
+
+def number_problems(x: np.ndarray, present: np.ndarray, col: Column) -> dict[str, np.ndarray]:
+    """Per problem, the rows of `x` (float64, NaN where absent or unreadable) that have it."""
     unread = present & np.isnan(x)
     finite = np.isfinite(x)
     out = {"not a number": unread, "not a finite number": present & ~unread & ~finite}
@@ -87,8 +92,13 @@ def _categorical(values: pd.Series, col: Column) -> dict[str, np.ndarray]:
     if all(isinstance(c, int) for c in categories) and values.dtype == object:  # "7" read from a CSV is 7
         values = values.map(lambda v: _as_int(v) if isinstance(v, str) else v)
     unknown = values.notna().to_numpy() & ~values.isin(categories).to_numpy()
+    return {not_a_category(col): unknown}
+
+
+def not_a_category(col: Column) -> str:
+    categories = list(col.categories)
     shown = ", ".join(map(str, categories[:6])) + (", ..." if len(categories) > 6 else "")
-    return {f"not one of the categories ({shown})": unknown}
+    return f"not one of the categories ({shown})"
 
 
 def _time(values: pd.Series, col: Column) -> dict[str, np.ndarray]:
@@ -118,6 +128,12 @@ def validate_columns(frame: pd.DataFrame, schema: FeatureSchema) -> Validation:
     if schema.time_column and schema.time_column in frame.columns:
         for problem, rows in _time(frame[schema.time_column], schema.column(schema.time_column)).items():
             bad[(schema.time_column, problem)] = rows
+    known = {c.name for c in schema.features} | ({schema.time_column} if schema.time_column else set())
+    return collect(bad, n, [c for c in frame.columns if c not in known])
+
+
+def collect(bad: dict[tuple[str, str], np.ndarray], n: int, unknown: list[str]) -> Validation:
+    """Per (column, problem) row masks as a Validation."""
     valid = np.ones(n, dtype=bool)
     reasons = [""] * n
     problems = []
@@ -129,6 +145,4 @@ def validate_columns(frame: pd.DataFrame, schema: FeatureSchema) -> Validation:
         problems.append(ColumnProblem(column, problem, int(idx.size), idx[:FIRST_ROWS].tolist()))
         for i in idx:
             reasons[i] = f"{reasons[i]}; {column}: {problem}" if reasons[i] else f"{column}: {problem}"
-    known = {c.name for c in schema.features} | ({schema.time_column} if schema.time_column else set())
-    unknown = [c for c in frame.columns if c not in known]
     return Validation(valid, reasons, problems, unknown)

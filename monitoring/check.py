@@ -429,6 +429,7 @@ def act_on_shadows(
                     "version": v.version,
                     "previous": done.get("previous"),
                     "evidence": v.to_dict(),
+                    "recalibration": registry.get(v.version).metadata.get("recalibration"),
                     "email": True,
                 }
             )
@@ -594,8 +595,15 @@ def compose_alert(
         ev = action["evidence"]["comparison"]
         if kind == "promoted":
             subject = f"promoted {action['version'][:8]}: {ev['change']:+.0%} error against {version} on live traffic"
+            fix = action.get("recalibration")
+            what = (
+                f"The level correction {action['version'][:8]} ({fix['parent'][:8]} with its output moved by "
+                f"{fix['change']:+.0%}, measured on {fix['window'].get('period')})"
+                if fix
+                else f"Candidate {action['version'][:8]}"
+            )
             lines.append(
-                f"Candidate {action['version'][:8]} was promoted: in shadow, on the labelled live records of "
+                f"{what} was promoted: in shadow, on the labelled live records of "
                 f"{result.period}, its {harm.metric or 'error'} was {ev['error']:.3g} against production's "
                 f"{ev['reference_error']:.3g}: {_pct(ev)}."
             )

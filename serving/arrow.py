@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.types as pat
 
+from loopline.columns import Validation, collect, not_a_category, number_problems
+from loopline.features import UNKNOWN, EncodedFeatures, _fill_numeric, category_indexes, numeric_fill_values
+from loopline.request_model import accepts_null
 from loopline.schema import FeatureSchema, Kind
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -82,11 +86,62 @@ def type_problems(table: pa.Table, schema: FeatureSchema) -> list[dict[str, Any]
     return problems
 
 
-def to_frame(table: pa.Table) -> pd.DataFrame:
-    """Columns as pandas reads them, categories decoded (nulls stay None/NaN)."""
-    return table.to_pandas(strings_to_categorical=False, categories=None).astype(
-        {f.name: object for f in table.schema if pat.is_dictionary(f.type)}
-    )
+def _plain(column: pa.ChunkedArray) -> pa.Array:
+    array = column.combine_chunks()
+    return array.dictionary_decode() if pat.is_dictionary(array.type) else array
+
+
+def validate_and_encode(table: pa.Table, schema: FeatureSchema) -> tuple[Validation, EncodedFeatures]:
+    """The values checked with loopline.columns' rules and encoded as loopline.features encodes them,
+    straight from the Arrow arrays (no DataFrame): a body whose columns passed `type_problems`."""
+    n = table.num_rows
+    bad: dict[tuple[str, str], np.ndarray] = {}
+    numeric_cols, categorical_cols = schema.numeric_features, schema.categorical_features
+    numeric = np.empty((n, len(numeric_cols)), dtype=np.float32)
+    missing = np.empty((n, len(numeric_cols) + len(categorical_cols)), dtype=bool)
+    for j, col in enumerate(numeric_cols):
+        array = _plain(table.column(col.name))
+        present = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        x = np.asarray(pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        if not accepts_null(col):
+            bad[(col.name, "null where a value is required")] = ~present
+        for problem, rows in number_problems(x, present, col).items():
+            bad[(col.name, problem)] = rows
+        numeric[:, j] = x
+        missing[:, j] = ~present
+    _fill_numeric(numeric, numeric_fill_values(schema))
+    categorical = np.empty((n, len(categorical_cols)), dtype=np.int64)
+    for j, (col, index) in enumerate(zip(categorical_cols, category_indexes(schema))):
+        array = _plain(table.column(col.name))
+        present = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        values = pa.array(list(col.categories))
+        if not pat.is_null(array.type):
+            array = pc.cast(array, values.type)
+        codes = np.asarray(pc.index_in(array, value_set=values).to_numpy(zero_copy_only=False), dtype=np.float64)
+        found = ~np.isnan(codes)
+        if not accepts_null(col):
+            bad[(col.name, "null where a value is required")] = ~present
+        bad[(col.name, not_a_category(col))] = present & ~found
+        fill = index.get(None, UNKNOWN)
+        categorical[:, j] = np.where(found, np.nan_to_num(codes), np.where(present, UNKNOWN, fill)).astype(np.int64)
+        missing[:, len(numeric_cols) + j] = ~present
+    time = schema.time_column
+    if time and time in table.column_names:
+        array = _plain(table.column(time))
+        if pat.is_string(array.type) or pat.is_large_string(array.type):
+            present = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            parsed = pd.to_datetime(pd.Series(array.to_pylist()), errors="coerce", utc=True, format="ISO8601")
+            bad[(time, "not an ISO 8601 date/time")] = present & parsed.isna().to_numpy()
+    return collect(bad, n, []), EncodedFeatures(numeric, categorical, missing)
+
+
+def event_times(table: pa.Table, schema: FeatureSchema) -> list[Any] | None:
+    """The time column as naive UTC datetimes (None where absent), for the request log."""
+    if not schema.time_column or schema.time_column not in table.column_names:
+        return None
+    values = pd.Series(_plain(table.column(schema.time_column)).to_pylist())
+    times = pd.to_datetime(values, utc=True, format="ISO8601").dt.tz_convert(None)
+    return [None if pd.isna(t) else t.to_pydatetime() for t in times]
 
 
 def arrow_answer(columns: dict[str, np.ndarray], model_version: str, request_id: str) -> bytes:

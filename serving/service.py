@@ -29,8 +29,7 @@ from fastapi import FastAPI
 from pydantic import Field
 from starlette.responses import Response
 
-from loopline.columns import validate_columns
-from loopline.features import RecordEncoder, decode_predictions, encode_features, prediction_columns
+from loopline.features import RecordEncoder, decode_predictions, prediction_columns
 from loopline.paths import ProjectPaths, project_root
 from loopline.registry import (
     BENTO_MODEL_NAME,
@@ -46,7 +45,16 @@ from loopline.runtime import onnx_session, reproduces_golden, run_encoded
 from loopline.schema import FeatureSchema, load_schema
 from loopline.settings import Settings
 from serving import bentoml_fixes
-from serving.arrow import ARROW_STREAM, ArrowBodyError, arrow_answer, is_arrow, read_table, to_frame, type_problems
+from serving.arrow import (
+    ARROW_STREAM,
+    ArrowBodyError,
+    arrow_answer,
+    event_times,
+    is_arrow,
+    read_table,
+    type_problems,
+    validate_and_encode,
+)
 from serving.guards import RequestGuard, quiet_validation_errors
 from serving.request_log import ParquetWindows, RequestLog, logged_request_ids
 
@@ -305,22 +313,17 @@ class Predictor:
                 raise ArrowBodyError(f"invalid request: {words}", problems)
             if not 1 <= table.num_rows <= MAX_RECORDS:
                 raise ArrowBodyError(f"invalid request: {table.num_rows} records; send 1 to {MAX_RECORDS} a request")
-            frame = to_frame(table)
-            checked = validate_columns(frame, schema)
+            checked, features = validate_and_encode(table, schema)
             if checked.problems:
                 words = "; ".join(p.describe() for p in checked.problems)
                 raise ArrowBodyError(f"invalid request: {words}", [p.to_dict() for p in checked.problems])
         except ArrowBodyError as exc:
             return 400, orjson.dumps({"error": str(exc), "problems": exc.problems}), "application/json", echo
-        features = encode_features(frame, schema)
         outputs = run_encoded(served.session, features)
         if self.request_log is not None:
-            event_times = None
-            if schema.time_column and schema.time_column in frame:
-                times = pd.to_datetime(frame[schema.time_column], utc=True, format="ISO8601").dt.tz_convert(None)
-                event_times = [None if pd.isna(t) else t.to_pydatetime() for t in times]
+            times = event_times(table, schema)
             shadow = {v: run_encoded(s.session, features) for v, s in self.shadows.items() if v != served.version}
-            self.request_log.record(request_id, served.version, features, outputs, event_times, shadow)
+            self.request_log.record(request_id, served.version, features, outputs, times, shadow)
             self.recent_ids.add(request_id)
         if is_arrow(headers.get(b"accept")):
             payload = arrow_answer(prediction_columns(outputs, schema), served.version, request_id)

@@ -76,3 +76,18 @@ def test_harm_alerts_once_per_severity_and_escalates_when_candidates_keep_failin
     assert "--force --reason" in body
     calm = Decision(judge_harm(NORMAL[:168], NORMAL, PARAMS.monitor, metric="MAE"))
     assert plan_alerts(state, calm, T0 + timedelta(days=6), PARAMS) == [] and state["incidents"] == {}
+
+
+def test_a_promoted_level_correction_is_named_as_one_with_its_factor_and_where_it_was_measured() -> None:
+    decision = degraded()
+    verdict = judge_challenger("fedcba9876543210", NORMAL[:168] * 0.7, NORMAL[:168], PARAMS.promote, windows=1)
+    fix = {"parent": "0123456789abcdef", "change": 0.5, "window": {"period": "2011-07-01 00:00 to 2011-07-07 23:00"}}
+    action = {"action": "promoted", "version": "fedcba9876543210", "evidence": verdict.to_dict(), "recalibration": fix}
+    subject, body = compose_alert(
+        {"kind": "promoted", "action": action}, window(), decision, Outcome(window(), {}), PARAMS
+    )
+    assert subject.startswith("promoted fedcba98: -30% error against 01234567")
+    assert body.startswith(
+        "The level correction fedcba98 (01234567 with its output moved by +50%, measured on 2011-07-01 00:00 to "
+        "2011-07-07 23:00) was promoted: in shadow, on the labelled live records of 2011-07-08 00:00"
+    )
