@@ -565,10 +565,12 @@ def compose_alert(
             todo = "Train a candidate (`loopline train`); it is scored in shadow before it can replace the model."
         corrected = next((a for a in outcome.actions if a["action"] == "recalibrated"), None)
         if corrected and not decision.inputs:
+            rest = todo.removeprefix("Nothing yet: ")
             todo = (
                 f"Nothing yet: the true values sit {corrected['level']['change']:+.0%} against the predictions, so "
                 f"production with its output moved by that much ({corrected['version'][:8]}) is in shadow and "
-                "replaces it at the next check if it does better on the labelled records. " + todo
+                "replaces it at the next check if it does better on the labelled records; "
+                + (rest[0].lower() + rest[1:] if rest != todo else todo)
             )
     elif kind == "input":
         names = ", ".join(f"`{p.column}`" for p in alert["problems"] if p.column) or "requests"
@@ -646,9 +648,11 @@ def _describe_action(action: dict[str, Any]) -> str:
     if action["action"] == "rolled back":
         return f"rolled back {action['from'][:8]} to {action['to'][:8]}"
     if action["action"] == "recalibrated":
+        level = action["level"]
         return (
-            f"put {action['version'][:8]} in shadow, {action['parent'][:8]} with its output moved by "
-            f"{action['level']['change']:+.0%} ({action['reason']})"
+            f"put {action['version'][:8]} in shadow: {action['parent'][:8]} with its output moved by "
+            f"{level['change']:+.0%}, measured on {level['rows']} labelled rows over {level['days']} days "
+            f"(interval {level['low']:+.0%} to {level['high']:+.0%})"
         )
     return f"{action['action']} {action['version'][:8]}"
 

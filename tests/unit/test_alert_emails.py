@@ -91,3 +91,20 @@ def test_a_promoted_level_correction_is_named_as_one_with_its_factor_and_where_i
         "The level correction fedcba98 (01234567 with its output moved by +50%, measured on 2011-07-01 00:00 to "
         "2011-07-07 23:00) was promoted: in shadow, on the labelled live records of 2011-07-08 00:00"
     )
+
+
+def test_a_level_correction_put_in_shadow_is_in_the_harm_email_once_with_what_to_do() -> None:
+    level = {"change": 2.4, "rows": 336, "days": 14, "low": 2.21, "high": 2.59}
+    action = {"action": "recalibrated", "version": "fedcba9876543210", "parent": "0123456789abcdef", "level": level}
+    outcome = Outcome(window(), {}, actions=[action], retrain="harm")
+    _, body = compose_alert({"kind": "harm"}, window(), degraded(), outcome, PARAMS)
+    assert (
+        "This check also: put fedcba98 in shadow: 01234567 with its output moved by +240%, measured on 336 "
+        "labelled rows over 14 days (interval +221% to +259%)." in body
+    )
+    assert (
+        "What to do: Nothing yet: the true values sit +240% against the predictions, so production with its "
+        "output moved by that much (fedcba98) is in shadow and replaces it at the next check if it does better "
+        "on the labelled records; a new candidate is being trained" in body
+    )
+    assert body.count("Nothing yet") == 1
