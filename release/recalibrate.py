@@ -113,8 +113,8 @@ def register_recalibration(
         shift_output(parent.model, model_file, offset)
         got = _golden_predictions(model_file, parent.file(GOLDEN_FILE), schema)
         want = expected_after(np.asarray(expected["predictions"], np.float64).ravel(), transform, offset)
+        worst = float(np.max(np.abs(got - want))) if got.size else 0.0
         if not np.allclose(got, want, atol=expected["atol"] * np.exp(abs(offset)), rtol=expected["rtol"]):
-            worst = float(np.max(np.abs(got - want)))
             raise RecalibrationError(
                 f"{parent.id} shifted by {offset:+.4f} does not reproduce its golden batch as a {transform} "
                 f"shift (largest difference {worst:.3g}); not registered"
@@ -128,7 +128,6 @@ def register_recalibration(
         meta["recalibration"] = {"parent": parent.id, **level, "window": window}
         # The export's parity carries over (the shift is exact, checked above) and names this file; the
         # gate report is the network's, with the parent as the champion it was measured against.
-        worst = float(np.max(np.abs(got - want))) if got.size else 0.0
         meta["parity"] = {
             **(meta.get("parity") or {}),
             "onnx_sha256": sha256_file(model_file),

@@ -91,9 +91,10 @@ def _plain(column: pa.ChunkedArray) -> pa.Array:
     return array.dictionary_decode() if pat.is_dictionary(array.type) else array
 
 
-def validate_and_encode(table: pa.Table, schema: FeatureSchema) -> tuple[Validation, EncodedFeatures]:
+def validate_and_encode(table: pa.Table, schema: FeatureSchema) -> tuple[Validation, EncodedFeatures, list[Any] | None]:
     """The values checked with loopline.columns' rules and encoded as loopline.features encodes them,
-    straight from the Arrow arrays (no DataFrame): a body whose columns passed `type_problems`."""
+    straight from the Arrow arrays (no DataFrame): a body whose columns passed `type_problems`. Also the
+    time column's values as naive UTC datetimes for the request log (None without one)."""
     n = table.num_rows
     bad: dict[tuple[str, str], np.ndarray] = {}
     numeric_cols, categorical_cols = schema.numeric_features, schema.categorical_features
@@ -125,38 +126,29 @@ def validate_and_encode(table: pa.Table, schema: FeatureSchema) -> tuple[Validat
         fill = index.get(None, UNKNOWN)
         categorical[:, j] = np.where(found, np.nan_to_num(codes), np.where(present, UNKNOWN, fill)).astype(np.int64)
         missing[:, len(numeric_cols) + j] = ~present
+    times = None
     time = schema.time_column
-    if time and time in table.column_names:
+    if time and time in table.column_names:  # parsed once: checked here, logged by the caller
         array = _plain(table.column(time))
-        if pat.is_string(array.type) or pat.is_large_string(array.type):
-            present = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            parsed = pd.to_datetime(pd.Series(array.to_pylist()), errors="coerce", utc=True, format="ISO8601")
-            bad[(time, "not an ISO 8601 date/time")] = present & parsed.isna().to_numpy()
-    return collect(bad, n, []), EncodedFeatures(numeric, categorical, missing)
+        present = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        parsed = pd.to_datetime(pd.Series(array.to_pylist()), errors="coerce", utc=True, format="ISO8601")
+        bad[(time, "not an ISO 8601 date/time")] = present & parsed.isna().to_numpy()
+        times = [None if pd.isna(t) else t.to_pydatetime() for t in parsed.dt.tz_convert(None)]
+    return collect(bad, n, []), EncodedFeatures(numeric, categorical, missing), times
 
 
-def event_times(table: pa.Table, schema: FeatureSchema) -> list[Any] | None:
-    """The time column as naive UTC datetimes (None where absent), for the request log."""
-    if not schema.time_column or schema.time_column not in table.column_names:
-        return None
-    values = pd.Series(_plain(table.column(schema.time_column)).to_pylist())
-    times = pd.to_datetime(values, utc=True, format="ISO8601").dt.tz_convert(None)
-    return [None if pd.isna(t) else t.to_pydatetime() for t in times]
+def _stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def arrow_answer(columns: dict[str, np.ndarray], model_version: str, request_id: str) -> bytes:
     table = pa.table({k: pa.array(v) for k, v in columns.items()})
-    table = table.replace_schema_metadata({"model_version": model_version, "request_id": request_id})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return _stream(table.replace_schema_metadata({"model_version": model_version, "request_id": request_id}))
 
 
 def encode_table(frame: pd.DataFrame) -> bytes:
     """A DataFrame as an Arrow IPC stream body (what a client sends)."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return _stream(pa.Table.from_pandas(frame, preserve_index=False))

@@ -49,7 +49,6 @@ from serving.arrow import (
     ARROW_STREAM,
     ArrowBodyError,
     arrow_answer,
-    event_times,
     is_arrow,
     read_table,
     type_problems,
@@ -313,7 +312,7 @@ class Predictor:
                 raise ArrowBodyError(f"invalid request: {words}", problems)
             if not 1 <= table.num_rows <= MAX_RECORDS:
                 raise ArrowBodyError(f"invalid request: {table.num_rows} records; send 1 to {MAX_RECORDS} a request")
-            checked, features = validate_and_encode(table, schema)
+            checked, features, times = validate_and_encode(table, schema)
             if checked.problems:
                 words = "; ".join(p.describe() for p in checked.problems)
                 raise ArrowBodyError(f"invalid request: {words}", [p.to_dict() for p in checked.problems])
@@ -321,7 +320,6 @@ class Predictor:
             return 400, orjson.dumps({"error": str(exc), "problems": exc.problems}), "application/json", echo
         outputs = run_encoded(served.session, features)
         if self.request_log is not None:
-            times = event_times(table, schema)
             shadow = {v: run_encoded(s.session, features) for v, s in self.shadows.items() if v != served.version}
             self.request_log.record(request_id, served.version, features, outputs, times, shadow)
             self.recent_ids.add(request_id)
