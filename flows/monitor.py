@@ -6,8 +6,8 @@
 The check itself is monitoring.check (it runs without Prefect): harm (new or worse) or a refresh of
 `monitor.refresh_days` newer labelled data, with no challenger in shadow, starts one training run; an
 input problem never does. With a Prefect server (PREFECT_API_URL set) and the `training/training`
-deployment registered (flows.serve), training runs through that deployment; otherwise, in the embedded
-mode, as a subflow of this run. The candidate goes to shadow; a later check promotes it on live evidence.
+deployment registered (prefect.yaml: `prefect deploy --all` or flows.serve), training runs through that
+deployment; otherwise, in the embedded mode, as a subflow of this run. The candidate goes to shadow; a later check promotes it on live evidence.
 """
 
 from __future__ import annotations

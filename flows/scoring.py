@@ -3,7 +3,7 @@
     python -m flows.scoring INPUT OUTPUT [--version V] [--chunk-rows N]
 
 A thin shell over serving.score, which runs without Prefect (`loopline score`): the flow adds retries on
-an unreadable input, a run history, and the deployment (`flows.serve` registers `scoring/scoring`
+an unreadable input, a run history, and the deployment (prefect.yaml declares `scoring/scoring`
 without a schedule: `prefect deployment run scoring/scoring --param input=... --param output=...`).
 """
 

@@ -1,13 +1,13 @@
-"""Register the flows as scheduled deployments on a Prefect server and run them (this process is the worker).
+"""Serve the deployments of prefect.yaml from this one process (Prefect's `serve`: no work pool, no worker).
 
     prefect server start --host 127.0.0.1 --port 4200          # one terminal
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.serve \
         [--monitoring-cron "0 * * * *"] [--training-cron "0 3 * * 1"] [--tuning-cron "0 2 1 * *"]
 
-Monitoring hourly and training weekly by default; the hyperparameter search (`tuning`, which ends in a
-training run on its winner) has no schedule unless --tuning-cron gives one. `--no-schedules` registers
-them all without schedules (run them with `prefect deployment run monitoring/monitoring`). The batch
-`scoring` deployment never has a schedule: run it with its input and output as parameters.
+The one-process option. The deployments, their schedules (monitoring hourly, training weekly, tuning and
+scoring on demand) and concurrency limits are prefect.yaml's, as `prefect deploy --all` registers them for
+a work pool; a --*-cron option replaces that deployment's schedules, and `--no-schedules` registers them
+all without one (run them with `prefect deployment run monitoring/monitoring`).
 """
 
 from __future__ import annotations
@@ -16,29 +16,43 @@ import argparse
 import sys
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
 
-from flows.monitor import monitoring
-from flows.scoring import scoring
-from flows.training import training
-from flows.tuning import tuning
+from flows.deployments import DeploymentSpec, load_deployments
 from loopline.env import use_project_state
+from loopline.paths import ProjectPaths
+
+
+def runner_deployment(spec: DeploymentSpec, crons: tuple[str, ...]) -> object:
+    limit = (
+        ConcurrencyLimitConfig(limit=spec.concurrency_limit, collision_strategy=spec.collision_strategy)
+        if spec.concurrency_limit
+        else None
+    )
+    return spec.load_flow().to_deployment(
+        name=spec.name,
+        cron=list(crons) or None,
+        concurrency_limit=limit,
+        parameters=spec.parameters or None,
+        description=spec.description or None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
+    paths = ProjectPaths.here()
+    specs = load_deployments(paths.root)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--monitoring-cron", default="0 * * * *", help="when monitoring runs (cron, UTC)")
-    parser.add_argument("--training-cron", default="0 3 * * 1", help="when training runs (cron, UTC)")
-    parser.add_argument("--tuning-cron", default=None, help="when the hyperparameter search runs (cron, UTC)")
+    for name in specs:
+        parser.add_argument(f"--{name}-cron", help=f"when {name} runs (cron, UTC; replaces prefect.yaml's)")
     parser.add_argument("--no-schedules", action="store_true")
     args = parser.parse_args(argv)
-    use_project_state()
-    cron = (lambda c: None) if args.no_schedules else (lambda c: c)
-    serve(
-        monitoring.to_deployment(name="monitoring", cron=cron(args.monitoring_cron)),
-        training.to_deployment(name="training", cron=cron(args.training_cron)),
-        tuning.to_deployment(name="tuning", cron=cron(args.tuning_cron) if args.tuning_cron else None),
-        scoring.to_deployment(name="scoring"),  # on demand: --param input=... --param output=...
-    )
+    use_project_state(paths)
+    deployments = []
+    for name, spec in specs.items():
+        override = getattr(args, f"{name}_cron")
+        crons = () if args.no_schedules else (override,) if override else spec.crons
+        deployments.append(runner_deployment(spec, crons))
+    serve(*deployments)
     return 0
 
 

@@ -21,6 +21,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from prefect.artifacts import create_markdown_artifact
 from loopline.env import tool, use_project_state
 from loopline.paths import ProjectPaths
 
+TRAINING_LIMIT = "loopline-training"
+"""The global concurrency limit (1 slot) a training run holds on a Prefect server: one run at a time."""
 STAGES = ("ingest", "prepare", "baselines", "train", "evaluate", "export")
 TRANSIENT = ("Unable to acquire lock", "Resource temporarily unavailable", "timed out", "Connection reset")
 
@@ -137,6 +141,48 @@ def gate_and_promote(
     }
 
 
+def prefect_server_url() -> str | None:
+    """The Prefect API this process talks to, or None in the embedded (ephemeral) mode."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def ensure_training_limit() -> None:
+    """Create the global concurrency limit with one slot unless it exists (a person may have raised it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(TRAINING_LIMIT)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=TRAINING_LIMIT, limit=1))
+            except ObjectAlreadyExists:
+                pass  # another run created it first
+
+
+@contextmanager
+def training_slot() -> Iterator[None]:
+    """One training run per project at a time, however it started: a deployment run (prefect.yaml also
+    limits the training deployment to one run), a subflow of the tuning or monitoring flow, or a person's
+    `python -m flows.training`. With a Prefect server the run holds the global concurrency limit
+    `loopline-training`, and a second run waits for it. The embedded mode has no shared server: there
+    DVC's lock on the project keeps two runs from writing the same outputs."""
+    if prefect_server_url() is None:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    ensure_training_limit()
+    print(f"taking the training slot ({TRAINING_LIMIT}); waits while another training run holds it")
+    with concurrency(TRAINING_LIMIT, occupy=1, strict=True):
+        print("training slot taken")
+        yield
+
+
 @task(task_run_name="open the retraining worktree")
 def worktree_task(project: ProjectPaths, in_place: bool = False) -> ProjectPaths:
     """Where this run happens: a clean worktree on retrain.branch, or the project itself."""
@@ -229,6 +275,15 @@ def training(
     tuning flow trains on the tuned.yaml it just wrote there)."""
     project = ProjectPaths.here()
     use_project_state(project)
+    with training_slot():
+        outcome = _train(project, as_of, keep_as_of, harvest, in_place)
+    print(("promoted " if outcome["promoted"] else "not promoted ") + f"{outcome['version']}: {outcome['reason']}")
+    # A rejected candidate is no email of its own: production is unchanged, and while production is
+    # degraded the monitoring check escalates after promote.escalate_after failed candidates.
+    return outcome
+
+
+def _train(project: ProjectPaths, as_of: str | None, keep_as_of: bool, harvest: bool, in_place: bool) -> dict[str, Any]:
     work = worktree_task(project, in_place)
     harvested = harvest_task(work) if harvest else None
     if not keep_as_of or as_of is not None:
@@ -241,9 +296,6 @@ def training(
     create_markdown_artifact(
         report_markdown(outcome), key="training-report", description=f"candidate {outcome['version']}"
     )
-    print(("promoted " if outcome["promoted"] else "not promoted ") + f"{outcome['version']}: {outcome['reason']}")
-    # A rejected candidate is no email of its own: production is unchanged, and while production is
-    # degraded the monitoring check escalates after promote.escalate_after failed candidates.
     return outcome
 
 

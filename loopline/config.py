@@ -360,7 +360,7 @@ class TuneParams(_Section):
     timeout_minutes: float | None = Field(default=None, gt=0)
     """No new trial starts after this long; null: no time limit."""
     storage: str | None = None
-    """A database URL shared by every worker (e.g. postgresql+psycopg2://user@host/db); null: the SQLite
+    """A database URL shared by every worker (e.g. postgresql+psycopg://user@host/db); null: the SQLite
     file .state/tune/study.db. $LOOPLINE_TUNE_STORAGE overrides it."""
     study: str | None = None
     """null: named after the data source and a fingerprint of the data, space and settings, so a change

@@ -34,12 +34,16 @@ PROJECT_FILES = (
     "flows",
     "tools",
     "bentofile.yaml",
+    "prefect.yaml",
     ".dvcignore",
     ".gitignore",
     "data/external",
 )
 """What a copy of the project needs to run its pipeline, service and flows elsewhere (the demo's scratch
 project, the tests' temporary ones): the map, the knobs, the schemas, the code and the user's sources."""
+
+PREFECT_YAML = "prefect.yaml"
+"""The Prefect deployments (flows/deployments.py reads it; `prefect deploy --all` registers it)."""
 
 
 def project_root() -> Path:

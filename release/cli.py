@@ -143,7 +143,7 @@ JOBS = {
         ["-m", "serving.score"],
         "offline batch scoring of a CSV or Parquet file (or folder) with the production model",
     ),
-    "deploy": (["-m", "flows.serve"], "the scheduled Prefect deployments (training, monitoring, tuning)"),
+    "deploy": (["-m", "flows.serve"], "prefect.yaml's scheduled deployments, served from this one process"),
     "demo": (["-m", "flows.demo"], "the closed loop on the bike data, end to end"),
 }
 """The jobs `loopline` launches: the module's command line, and what it does."""

@@ -299,3 +299,127 @@ def serving(project: Project, log: Path | None = None, **env: str) -> Iterator[S
         yield server
     finally:
         server.stop()
+
+
+def _tools_postgres() -> Any:
+    """tools/postgres.py (a script, not a package): PostgreSQL on 127.0.0.1 from the pgserver wheel."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loopline_tools_postgres", REPO / "tools" / "postgres.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory) -> Iterator[Any]:
+    """A real PostgreSQL 16 server on 127.0.0.1 for the session (tools/postgres.py)."""
+    tools = _tools_postgres()
+    server = tools.start(tmp_path_factory.mktemp("postgres") / "data")
+    try:
+        yield server
+    finally:
+        tools.stop(server.data_dir)
+
+
+def wait_until(condition: Any, timeout: float, what: str, interval: float = 1.0) -> Any:
+    """Poll `condition()` until it returns something truthy; `what()` says why not after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"after {timeout} s: {what()}")
+        time.sleep(interval)
+
+
+class PrefectServer:
+    """`prefect server start` on 127.0.0.1 with its database at `database_url`, as a user runs it."""
+
+    def __init__(self, project: Project, database_url: str, logs: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.api = f"http://127.0.0.1:{port}/api"
+        self.logs = logs
+        self.project = project
+        self.bin = Path(sys.executable).parent
+        self.env = {
+            **project.env(),
+            "PREFECT_API_URL": self.api,
+            "PREFECT_HOME": str(project.root / ".state" / "prefect-server"),
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url,
+            "PREFECT_WORKER_QUERY_SECONDS": "2",  # workers look for scheduled runs every 2 s (10 by default)
+            "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        }
+        logs.mkdir(parents=True, exist_ok=True)
+        self.processes: list[subprocess.Popen] = []
+        self.server = self.start("server", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
+        wait_until(self.healthy, 180, lambda: self.log("server"))
+
+    def start(self, name: str, *command: str) -> subprocess.Popen:
+        executable = command[0] if command[0] == sys.executable else str(self.bin / command[0])
+        process = subprocess.Popen(
+            [executable, *command[1:]],
+            cwd=self.project.root,
+            env=self.env,
+            stdout=(self.logs / f"{name}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()[-4000:]
+
+    def healthy(self) -> bool:
+        assert self.server.poll() is None, self.log("server")
+        try:
+            with urllib.request.urlopen(f"{self.api}/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def cli(self, *args: str, timeout: float = 300) -> CommandResult:
+        proc = subprocess.run(
+            [str(self.bin / "prefect"), *args],
+            cwd=self.project.root,
+            env={**self.env, "COLUMNS": "250"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        result = CommandResult(proc.returncode, proc.stdout, proc.stderr)
+        assert proc.returncode == 0, f"prefect {' '.join(args)} failed ({proc.returncode}):\n{result.output}"
+        return result
+
+    def post(self, path: str, body: dict) -> Any:
+        request = urllib.request.Request(
+            self.api + path, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def deployment(self, name: str) -> dict:
+        """GET /deployments/name/<flow>/<deployment>."""
+        with urllib.request.urlopen(f"{self.api}/deployments/name/{name}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def flow_runs(self, flow: str) -> list[dict]:
+        return self.post("/flow_runs/filter", {"flows": {"name": {"any_": [flow]}}, "sort": "START_TIME_ASC"})
+
+    def states(self, flow_run_id: str) -> list[str]:
+        with urllib.request.urlopen(f"{self.api}/flow_run_states/?flow_run_id={flow_run_id}", timeout=30) as response:
+            return [state["name"] for state in json.loads(response.read())]
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

@@ -1,24 +1,22 @@
 """The closed loop with real parts: bentoml serve, the request log, the monitoring and training flows in
-Prefect's embedded mode and through a real `prefect server` on 127.0.0.1, alerts in the outbox."""
+Prefect's embedded mode and through a work pool and its worker on a `prefect server` whose database is
+PostgreSQL, alerts in the outbox."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from email import message_from_bytes
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FAST_TRAIN, Project, Server, new_project, serving
+from conftest import FAST_TRAIN, PrefectServer, Project, Server, new_project, serving, wait_until
 
 ALL_CHECKS = ["loss_at_init", "overfit_one_batch", "input_independent_baseline", "gradients"]
 
@@ -290,132 +288,115 @@ def test_a_challenger_is_scored_in_shadow_promoted_on_live_labels_and_a_worse_pr
         project.path(".state/monitoring/incidents.json").unlink(missing_ok=True)
 
 
-def prefect(bin_dir: Path, env: dict[str, str], project: Project, *args: str) -> set[str]:
-    """The words of a `prefect` CLI listing, for membership checks."""
-    out = subprocess.run(
-        [str(bin_dir / "prefect"), *args],
-        cwd=project.root,
-        env={**env, "COLUMNS": "250"},
-        capture_output=True,
-        text=True,
-    ).stdout
-    return set(out.replace("│", " ").split())
+@pytest.fixture(scope="module")
+def work_pool(loop_project: Project, postgres, tmp_path_factory) -> Iterator[PrefectServer]:
+    """The set-up of README's "Running on more than one machine": a Prefect server whose database is
+    PostgreSQL, prefect.yaml's deployments registered on the process pool `loopline` by `prefect deploy
+    --all`, and a worker of that pool (the flow runs are its subprocesses, in the project directory)."""
+    postgres.create_database("prefect")
+    server = PrefectServer(loop_project, postgres.url("prefect", "asyncpg"), tmp_path_factory.mktemp("prefect-logs"))
+    try:
+        server.cli("work-pool", "create", "loopline", "--type", "process")
+        server.env["PWD"] = str(loop_project.root)  # as a shell in the project directory has it
+        deployed = server.cli("--no-prompt", "deploy", "--all")
+        for name in ("monitoring/monitoring", "training/training", "tuning/tuning", "scoring/scoring"):
+            assert name in deployed.output, deployed.output
+        training = server.deployment("training/training")
+        assert [s["schedule"]["cron"] for s in training["schedules"]] == ["0 3 * * 1"]
+        assert training["global_concurrency_limit"]["limit"] == 1 and training["work_pool_name"] == "loopline"
+        assert training["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+        for name in ("monitoring/monitoring", "training/training"):  # the tests trigger runs themselves
+            server.cli("deployment", "schedule", "clear", name, "--accept-yes")
+        server.start("worker", "prefect", "worker", "start", "--pool", "loopline")
+        yield server
+    finally:
+        server.stop()
 
 
-def api_post(api: str, path: str, body: dict) -> list[dict]:
-    request = urllib.request.Request(
-        api + path, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_the_loop_through_a_prefect_server_retrains_via_the_deployment_and_the_service_scores_the_candidate(
-    loop_project: Project,
+def test_the_loop_through_a_work_pool_retrains_via_the_deployment_and_the_service_scores_the_candidate(
+    loop_project: Project, work_pool: PrefectServer
 ) -> None:
-    project = loop_project
+    project, server = loop_project, work_pool
     project.path(".state/monitoring/incidents.json").unlink(missing_ok=True)  # a new incident
     before = production(project)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    bin_dir = Path(sys.executable).parent
-    env = {**project.env(), "PREFECT_API_URL": api, "PREFECT_HOME": str(project.root / ".state" / "prefect-server")}
-    logs = project.root / "prefect-logs"
-    logs.mkdir(exist_ok=True)
-    prefect_server = subprocess.Popen(
-        [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=project.root,
-        env=env,
-        stdout=(logs / "server.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    worker = None
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2):
-                    break
-            except OSError:
-                assert prefect_server.poll() is None and time.monotonic() < deadline, (logs / "server.log").read_text()
-                time.sleep(1)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "flows.serve", "--no-schedules"],
-            cwd=project.root,
-            env=env,
-            stdout=(logs / "serve.log").open("w"),
-            stderr=subprocess.STDOUT,
+    mails_before = len(emails(project))
+    with serving(project, LOOPLINE_REQUEST_LOG_FLUSH_SECONDS="0.2", LOOPLINE_SWAP_POLL_SECONDS="0.5") as service:
+        # A year later, busier: harm on the labelled records, so the check starts a retraining.
+        start, end = send_labelled(service, bike_rows("2012-06-04", "2012-06-18"), "june")
+        # The worker picks the run up; the monitoring flow waits for the training deployment's run.
+        server.cli(
+            "deployment",
+            "run",
+            "monitoring/monitoring",
+            "--param",
+            f"start={start.isoformat()}",
+            "--param",
+            f"end={end.isoformat()}",
+            "--param",
+            "retrain_as_of=2012-06-30",
+            "--watch",
+            "--watch-timeout",
+            "600",
+            timeout=700,
         )
-        deadline = time.monotonic() + 120
-        while not {"training/training", "monitoring/monitoring", "scoring/scoring"} <= prefect(
-            bin_dir, env, project, "deployment", "ls"
-        ):
-            assert worker.poll() is None and time.monotonic() < deadline, (logs / "serve.log").read_text()
-            time.sleep(2)
-        mails_before = len(emails(project))
+        shadow = registry_state(project).get("shadow", {})
+        challengers = [v for v, role in shadow.items() if role == "challenger"]
+        # Beside the retrained candidate, a level correction of production may compete (June 2012 is busier).
+        [candidate] = [v for v in challengers if "recalibration" not in version_json(project, v)]
+        assert candidate != before and production(project) != candidate  # in shadow first, not promoted
+        wait_until(
+            lambda: candidate in service.get("/metadata")[1]["shadow_versions"],
+            30,
+            lambda: f"the service does not score {candidate} in shadow",
+        )
+    # Training ran as a run of the training deployment, on the worker (not as a subflow of the check).
+    [deployment] = server.post("/deployments/filter", {"deployments": {"name": {"any_": ["training"]}}})
+    training_runs = server.flow_runs("training")
+    assert [(r["deployment_id"], r["state_type"]) for r in training_runs] == [(deployment["id"], "COMPLETED")]
+    [monitoring_run] = server.flow_runs("monitoring")
+    assert monitoring_run["state_type"] == "COMPLETED" and monitoring_run["work_pool_name"] == "loopline"
+    assert training_runs[0]["work_pool_name"] == "loopline"
+    newest = project.read_parquet("data/raw/snapshot.parquet")["timestamp"].max()
+    assert pd.Timestamp(newest) >= pd.Timestamp("2012-06-30")  # retrained on the newer data
+    # The check started it on harm or as a refresh (June's labels are months newer than production's
+    # data); a challenger already in shadow may have been promoted by the same check, and emailed.
+    events = project.path("registry/events.jsonl").read_text().splitlines()
+    assert any(json.loads(e).get("shadow_role") == "challenger" and candidate in e for e in events)
+    assert all("training run" not in subject(m) for m in emails(project)[mails_before:])
 
-        with serving(project, LOOPLINE_REQUEST_LOG_FLUSH_SECONDS="0.2", LOOPLINE_SWAP_POLL_SECONDS="0.5") as server:
-            # A year later, busier: harm on the labelled records, so the check starts a retraining.
-            start, end = send_labelled(server, bike_rows("2012-06-04", "2012-06-18"), "june")
-            result = subprocess.run(
-                [
-                    str(bin_dir / "prefect"),
-                    "deployment",
-                    "run",
-                    "monitoring/monitoring",
-                    "--param",
-                    f"start={start.isoformat()}",
-                    "--param",
-                    f"end={end.isoformat()}",
-                    "--param",
-                    "retrain_as_of=2012-06-30",
-                    "--watch",
-                    "--watch-timeout",
-                    "600",
-                ],
-                cwd=project.root,
-                env={**env, "COLUMNS": "200"},
-                capture_output=True,
-                text=True,
-                timeout=700,
-            )
-            assert result.returncode == 0, result.stdout + result.stderr + (logs / "serve.log").read_text()[-3000:]
-            shadow = registry_state(project).get("shadow", {})
-            challengers = [v for v, role in shadow.items() if role == "challenger"]
-            # Beside the retrained candidate, a level correction of production may compete (June 2012 is busier).
-            [candidate] = [v for v in challengers if "recalibration" not in version_json(project, v)]
-            assert candidate != before and production(project) != candidate  # in shadow first, not promoted
-            deadline = time.monotonic() + 30
-            while candidate not in server.get("/metadata")[1]["shadow_versions"] and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert candidate in server.get("/metadata")[1]["shadow_versions"]  # beside any model it watches
-        # Training ran as a run of the training deployment (not as a subflow of the monitoring run).
-        [deployment] = api_post(api, "/deployments/filter", {"deployments": {"name": {"any_": ["training"]}}})
-        training_runs = api_post(api, "/flow_runs/filter", {"flows": {"name": {"any_": ["training"]}}})
-        assert [(r["deployment_id"], r["state_type"]) for r in training_runs] == [(deployment["id"], "COMPLETED")]
-        [monitoring_run] = api_post(api, "/flow_runs/filter", {"flows": {"name": {"any_": ["monitoring"]}}})
-        assert monitoring_run["state_type"] == "COMPLETED"
-        newest = project.read_parquet("data/raw/snapshot.parquet")["timestamp"].max()
-        assert pd.Timestamp(newest) >= pd.Timestamp("2012-06-30")  # retrained on the newer data
-        # The check started it on harm or as a refresh (June's labels are months newer than production's
-        # data); a challenger already in shadow may have been promoted by the same check, and emailed.
-        events = project.path("registry/events.jsonl").read_text().splitlines()
-        assert any(json.loads(e).get("shadow_role") == "challenger" and candidate in e for e in events)
-        assert all("training run" not in subject(m) for m in emails(project)[mails_before:])
-    finally:
-        for process in (worker, prefect_server):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+
+def test_one_training_run_at_a_time_however_it_was_started(loop_project: Project, work_pool: PrefectServer) -> None:
+    """A person's `python -m flows.training` holds the project's training slot; two runs of the training
+    deployment triggered meanwhile wait: the second in AwaitingConcurrencySlot (the deployment's limit),
+    the first inside its run for the slot (the global limit `loopline-training`). None is lost."""
+    server = work_pool
+    known = {r["id"] for r in server.flow_runs("training")}
+    direct_log = server.logs / "direct-training.log"
+    direct = server.start("direct-training", sys.executable, "-m", "flows.training", "--no-harvest")
+    wait_until(lambda: "training slot taken" in direct_log.read_text(), 180, lambda: server.log("direct-training"))
+    for _ in range(2):
+        server.cli("deployment", "run", "training/training", "--param", "harvest=false")
+    assert direct.wait(timeout=600) == 0, server.log("direct-training")
+
+    def finished() -> list[dict]:
+        runs = [r for r in server.flow_runs("training") if r["id"] not in known]
+        return runs if len(runs) == 3 and all(r["state_type"] == "COMPLETED" for r in runs) else []
+
+    runs = wait_until(finished, 600, lambda: f"{server.flow_runs('training')}\n{server.log('worker')}", 2)
+    held = []
+    for run in runs:
+        [taken] = [
+            entry["timestamp"]
+            for entry in server.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}})
+            if entry["message"] == "training slot taken"
+        ]
+        held.append((pd.Timestamp(taken), pd.Timestamp(run["end_time"]), run))
+    held.sort(key=lambda h: h[0])
+    for (_, end, _), (taken, _, _) in zip(held, held[1:]):
+        assert taken >= end  # each took the slot after the one before had ended
+    deployed = [run for _, _, run in held if run["deployment_id"] is not None]
+    assert len(deployed) == 2 and held[0][2]["deployment_id"] is None  # the direct run came first
+    assert "AwaitingConcurrencySlot" in server.states(deployed[1]["id"])  # it waited, queued by the server
 
 
 def test_a_failed_training_run_is_emailed_and_leaves_production_and_the_last_outputs(loop_project: Project) -> None:
