@@ -12,8 +12,8 @@ median of earlier ones at the same epoch.
 The study lives in an Optuna storage: the SQLite file .state/tune/study.db by default, or any database
 URL in tune.storage / $LOOPLINE_TUNE_STORAGE, which lets workers on several machines share a study:
 
-    python -m tuning.search --worker --storage postgresql+psycopg2://... --study bike-search --trials 10   # each machine
-    python -m tuning.search --report --storage postgresql+psycopg2://... --study bike-search                # once, at the end
+    python -m tuning.search --worker --storage postgresql+psycopg://... --study bike-search --trials 10   # each machine
+    python -m tuning.search --report --storage postgresql+psycopg://... --study bike-search                # once, at the end
 
 Every trial is recorded: in the study (params, value, per-epoch losses, state) and as a DVCLive folder
 reports/tune/<study>/trials/<number>/ (params, per-epoch losses, validation metrics). The report writes
@@ -158,10 +158,23 @@ def storage_url(paths: ProjectPaths, tune_params: TuneParams) -> str:
     return f"sqlite:///{paths.tune_storage}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """SQLite waits up to a minute for another worker's write instead of failing on a locked file."""
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
+    """SQLite waits up to a minute for another worker's write instead of failing on a locked file. On a
+    new database server, workers started together all try to create Optuna's tables and all but one
+    fail (the schema is one transaction, so the loser leaves nothing behind): a worker that loses that
+    race opens the storage again, finding the tables the winner made."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
     if url.startswith("sqlite"):
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    for attempt in range(1, attempts):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        except (IntegrityError, ProgrammingError) as exc:
+            if "already exists" not in str(exc) and "duplicate key" not in str(exc):
+                raise
+            log.info("another worker is creating the study database's tables; opening it again")
+            time.sleep(0.2 * attempt)
     return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
 
 
@@ -515,6 +528,13 @@ def run_workers(
         )
 
 
+def worker_seed_offset() -> int:
+    """A seed offset of its own for a worker started by hand on some machine: two workers with one seed
+    would propose the same random start-up points."""
+    identity = f"{socket.gethostname()}:{os.getpid()}".encode()
+    return 1 + int.from_bytes(hashlib.sha256(identity).digest()[:4], "big") % 1_000_000
+
+
 def _safe_url(url: str) -> str:
     """The storage URL without a password."""
     from sqlalchemy.engine import make_url
@@ -648,7 +668,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", help="Optuna storage URL (default: tune.storage, else .state/tune/study.db)")
     parser.add_argument("--worker", action="store_true", help="only run trials (one worker of a shared study)")
     parser.add_argument("--report", action="store_true", help="only write the report and tuned.yaml")
-    parser.add_argument("--seed-offset", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--seed-offset",
+        type=int,
+        help="this worker's sampler seed is params seed + offset; workers of one study need different ones "
+        "(default with --worker: derived from the host name and process id)",
+    )
     args = parser.parse_args(argv)
     paths = ProjectPaths.here()
     budget = {
@@ -658,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         "storage": args.storage,
     }
     if args.worker:
-        return run_stage("tune worker", lambda: run_trials(paths, **budget, seed_offset=args.seed_offset))
+        offset = worker_seed_offset() if args.seed_offset is None else args.seed_offset
+        return run_stage("tune worker", lambda: run_trials(paths, **budget, seed_offset=offset))
     if args.report:
         return run_stage("tune", lambda: report(paths, name=args.study, storage=args.storage))
     return run_stage("tune", lambda: tune(paths, **budget, workers=args.workers))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +139,54 @@ def test_two_worker_processes_share_one_study_without_lost_or_duplicated_trials(
     best = min((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value)
     assert tuned["study"]["trial"] == best.number
     assert tuned["overrides"] == best.user_attrs["overrides"]
+
+
+def test_workers_opening_a_new_postgresql_database_at_once_all_get_the_storage(postgres) -> None:
+    """On a new database every worker tries to create Optuna's tables; those that lose the race open it again."""
+    from tuning.search import open_storage
+
+    postgres.create_database("optuna_race")
+    barrier, errors = threading.Barrier(4), []
+
+    def open_at_once() -> None:
+        barrier.wait()
+        try:
+            open_storage(postgres.url("optuna_race", "psycopg"))
+        except Exception as exc:  # the assertion below names it
+            errors.append(repr(exc)[:300])
+
+    threads = [threading.Thread(target=open_at_once) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_two_workers_started_apart_share_one_postgresql_study_without_lost_or_duplicated_trials(
+    prepared: Project, postgres
+) -> None:
+    """As on two machines: two `--worker` processes, each with its own trial budget and no seed offset
+    given, on one study in a real PostgreSQL; then the report, once."""
+    postgres.create_database("optuna")
+    url = postgres.url("optuna", "psycopg")
+    command = [sys.executable, "-m", "tuning.search", "--worker", "--study", "on-postgres", "--storage", url]
+    workers = [
+        subprocess.Popen([*command, "--trials", "3"], cwd=prepared.root, env=prepared.env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    for worker in workers:
+        output, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, output
+    tune(prepared, "--report", "--study", "on-postgres", "--storage", url)
+    trials = optuna.load_study(study_name="on-postgres", storage=url).trials
+    assert [t.number for t in trials] == list(range(6))
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    assert sorted(pd.Series([t.user_attrs["worker"] for t in trials]).value_counts()) == [3, 3]
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6  # no point proposed twice
+    tuned = yaml.safe_load(prepared.path("tuned.yaml").read_text())
+    assert tuned["study"]["name"] == "on-postgres" and "postgres" in tuned["study"]["storage"]
 
 
 def test_a_time_budget_stops_the_search_before_its_trial_budget(prepared: Project) -> None:
