@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,12 +101,37 @@ def test_checkpoints_load_with_weights_only(prepared: Project) -> None:
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "batch_in_epoch"} <= state.keys()
 
 
-def test_two_torchrun_processes_end_with_identical_weights(prepared: Project) -> None:
+def test_two_torchrun_processes_end_with_identical_weights_on_one_node_or_two(prepared: Project) -> None:
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     prepared.run(torchrun, "--standalone", "--nproc_per_node", "2", "-m", "models.train")
     record = training_record(prepared)
     assert record["processes"] == 2
     assert record["max_parameter_gap_across_ranks"] == 0.0
+    one_node = weights(prepared)
+
+    # Two nodes of one process each, as on two machines: the README's command, both launchers here.
+    shutil.rmtree(prepared.path(".state/checkpoints"))  # no checkpoint to resume from: a run from scratch
+    prepared.path("artifacts/model/model.pt").unlink()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # One thread per process, as torchrun sets it for the two processes of one node: CPU kernels sum in
+    # an order that depends on the thread count.
+    env = {**prepared.env(), "OMP_NUM_THREADS": "1"}
+    launchers = [
+        subprocess.Popen(
+            [torchrun, "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "loopline-test", "-m", "models.train"],
+            cwd=prepared.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in (0, 1)
+    ]  # fmt: skip
+    for launcher in launchers:
+        output, _ = launcher.communicate(timeout=600)
+        assert launcher.returncode == 0, output
+    record = training_record(prepared)
+    assert record["processes"] == 2 and record["max_parameter_gap_across_ranks"] == 0.0
+    assert_same_weights(weights(prepared), one_node)
 
 
 def test_dvc_repro_trains_a_model_that_beats_the_baselines(project: Project) -> None:
