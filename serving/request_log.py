@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from datetime import datetime, timezone
@@ -33,6 +34,8 @@ from loopline.schema import FeatureSchema, Kind
 
 log = logging.getLogger(__name__)
 _STOP = object()
+HOST = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname()) or "host"
+"""This machine in the request log's file names."""
 
 
 class ParquetWindows:
@@ -97,7 +100,8 @@ class ParquetWindows:
             folder = self.directory / f"date={now:%Y-%m-%d}"
             folder.mkdir(parents=True, exist_ok=True)
             self._files += 1
-            name = f"part-{now:%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._files}.parquet"
+            # The host too: replicas on several machines (or containers, where process ids repeat) share a folder.
+            name = f"part-{now:%Y%m%dT%H%M%S%f}-{HOST}-{os.getpid()}-{self._files}.parquet"
             tmp = folder / f".{name}.tmp"
             frame.astype({c: "string" for c in frame.columns if _text(frame[c])}).to_parquet(tmp, index=False)
             os.replace(tmp, folder / name)
