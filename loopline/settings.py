@@ -57,6 +57,14 @@ class Settings:
     swap_poll_seconds: float = _setting(
         2.0, "How often the service looks at the production pointer to swap in a promoted model."
     )
+    batching: bool = _setting(
+        False,
+        "Adaptive batching: concurrent JSON /predict requests run through the model in one call (serving/batching.py).",
+    )
+    batch_max_wait_ms: float | None = _setting(
+        None,
+        "With batching on, how long a request may wait for others; unset: only those arriving in the same turn of the event loop.",
+    )
     # Alert email.
     smtp_block: str | None = _setting(
         None, "A Prefect `EmailServerCredentials` block to send alerts with (instead of the SMTP variables)."

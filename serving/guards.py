@@ -3,8 +3,12 @@ wording for invalid requests.
 
 The key, the body's media type (JSON, or an Apache Arrow IPC stream to /predict: 415 otherwise) and its
 size are checked before BentoML reads or parses the body, with a JSON error that says what to change.
-An Arrow body is answered by the service's own handler (serving.arrow), past BentoML's JSON parsing.
-Health, readiness, metrics and the OpenAPI document stay open, so probes and scrapers need no key. A 400 from BentoML's input validation (pydantic's error list) is rewritten on its way out
+An Arrow body is answered by the service's own handler (serving.arrow), past BentoML's JSON parsing, and
+so is a JSON body to /predict that validates (the fast path: BentoML's middleware, metrics included, still
+sees the request; its API machinery does not); a JSON body that does not validate goes on to BentoML's
+API, which answers it as always. Health, readiness, metrics and the OpenAPI document stay open, so probes
+and scrapers need no key. A 400 from BentoML's input validation (pydantic's error list) is rewritten on
+its way out
 into `{"error": "<summary>", "problems": [{"field": "records[0].temp", "problem": "..."}]}`, and
 `quiet_validation_errors` turns BentoML's traceback for each of them into one log line.
 """
@@ -29,6 +33,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 ARROW_PATH = "/predict"
 ArrowHandler = Callable[[bytes, dict[bytes, bytes]], tuple[int, bytes, str, list[tuple[bytes, bytes]]]]
 """(body, headers) -> (status, payload, content type, extra headers): the service's Arrow answer."""
+FAST_JSON_PATH = "/predict"
+FastJsonHandler = Callable[
+    [bytes, dict[bytes, bytes]], Awaitable[tuple[int, bytes, str, list[tuple[bytes, bytes]]] | None]
+]
+"""(body, headers) -> the answer to a JSON body that validates, or None to let BentoML's API answer it."""
 
 OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics", "/docs.json", "/"})
 
@@ -57,6 +66,7 @@ class RequestGuard:
         max_body_bytes: int,
         on_refused: Callable[[str, dict[str, Any]], None] | None = None,
         arrow: ArrowHandler | None = None,
+        fast_json: FastJsonHandler | None = None,
     ) -> None:
         """`on_refused(path, body)` sees every request answered 400 for invalid input, with the error
         body the client got (the service logs them: monitoring watches the share of refused requests)."""
@@ -65,6 +75,7 @@ class RequestGuard:
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
         self.arrow = arrow
+        self.fast_json = fast_json
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith("/static"):
@@ -114,6 +125,10 @@ class RequestGuard:
         body = b"".join(chunks)
         if arrow and scope["method"] == "POST":
             return await self._answer_arrow(scope, body, headers, send)
+        if self.fast_json is not None and scope["method"] == "POST" and scope["path"] == FAST_JSON_PATH:
+            answer = await self.fast_json(body, headers)
+            if answer is not None:  # a valid body, answered; anything else goes on to BentoML's API
+                return await self._send(send, *answer)
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -137,6 +152,10 @@ class RequestGuard:
                 log.warning("could not record a refused request", exc_info=True)
         if status == 400:
             log.info("%s: invalid Arrow body, answered 400", scope["path"])
+        await self._send(send, status, payload, content_type, extra)
+
+    @staticmethod
+    async def _send(send: Send, status: int, payload: bytes, content_type: str, extra: list) -> None:
         await send(
             {
                 "type": "http.response.start",

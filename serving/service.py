@@ -26,7 +26,7 @@ import bentoml
 import orjson
 import pandas as pd
 from fastapi import FastAPI
-from pydantic import Field
+from pydantic import Field, ValidationError
 from starlette.responses import Response
 
 from loopline.features import RecordEncoder, decode_predictions, prediction_columns
@@ -40,7 +40,7 @@ from loopline.registry import (
     RegistryError,
     verify_model_file,
 )
-from loopline.request_model import label_model, record_model, response_model
+from loopline.request_model import label_model, record_model, request_model, response_model
 from loopline.runtime import onnx_session, reproduces_golden, run_encoded
 from loopline.schema import FeatureSchema, load_schema
 from loopline.settings import Settings
@@ -54,6 +54,7 @@ from serving.arrow import (
     type_problems,
     validate_and_encode,
 )
+from serving.batching import MicroBatcher
 from serving.guards import RequestGuard, quiet_validation_errors
 from serving.request_log import ParquetWindows, RequestLog, logged_request_ids
 
@@ -179,6 +180,7 @@ except RegistryError as exc:  # a tampered or corrupted file: one line, no trace
     sys.stderr.write(f"loopline serve: not serving {MODEL_TAG}: {exc}\n")
     raise SystemExit(3) from None
 Record = record_model(FIRST.schema)  # the request body's records: types, ranges, categories, no unknown fields
+PredictRequest = request_model(FIRST.schema, MAX_RECORDS)  # the whole body, for /predict's fast path
 Label = label_model(FIRST.schema)  # ground truth for served records, by request id
 Prediction = response_model(FIRST.schema)  # documents the response; the body itself is serialised by orjson
 quiet_validation_errors()
@@ -219,6 +221,7 @@ class Predictor:
             else RequestLog(paths.request_log_dir, FIRST.schema, flush_seconds=flush)
         )
         self.recent_ids = RecentIds()
+        self.batcher = MicroBatcher(MAX_RECORDS, SETTINGS.batch_max_wait_ms) if SETTINGS.batching else None
         self.ground_truth = ParquetWindows(paths.ground_truth_dir, flush_seconds=flush)
         registry = Registry.for_project(project_root())
         self.watcher = None
@@ -284,9 +287,34 @@ class Predictor:
         each class's probability. An X-Request-ID header is echoed, otherwise one is made."""
         request_id = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex
         ctx.response.headers["x-request-id"] = request_id
+        answer = await self.answer(records, request_id)
+        return Response(answer, media_type="application/json")  # type: ignore[return-value]
+
+    async def predict_json(self, body: bytes, headers: dict[bytes, bytes]) -> tuple[int, bytes, str, list] | None:
+        """/predict's fast path (serving.guards): a JSON body validated in one call against the same
+        request model, answered as `predict` answers it; None for a body that does not validate, which
+        BentoML's API then answers with its 400."""
+        try:
+            request = PredictRequest.model_validate_json(body)
+        except ValidationError:
+            return None
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
+        try:
+            answer = await self.answer(request.records, request_id)
+        except Exception:  # BentoML's API answers a failure its own way (a 5xx with its error body)
+            log.exception("the fast path failed on a valid body; BentoML's API answers it")
+            return None
+        return 200, answer, "application/json", [(b"x-request-id", request_id.encode("latin-1"))]
+
+    async def answer(self, records: list[Any], request_id: str) -> bytes:
+        """The JSON answer for validated records: the model's outputs (adaptive batching permitting, with
+        other requests'), the request log, the shadow models' outputs."""
         served = self.served  # this request's model, whatever a swap does meanwhile
         features = served.encode([record.__dict__ for record in records])  # validated values; absent = None
-        outputs = run_encoded(served.session, features)
+        if self.batcher is None:
+            outputs = run_encoded(served.session, features)
+        else:  # with the other requests that arrived meanwhile, in one call of the model
+            outputs = await self.batcher.run(served.session, features)
         if self.request_log is not None:
             time_column = served.schema.time_column
             event_times = [getattr(record, time_column) for record in records] if time_column else None
@@ -295,7 +323,7 @@ class Predictor:
             self.request_log.record(request_id, served.version, features, outputs, event_times, shadow)
             self.recent_ids.add(request_id)
         body = {"model_version": served.version, "request_id": request_id, **decode_predictions(outputs, served.schema)}
-        return Response(orjson.dumps(body), media_type="application/json")  # type: ignore[return-value]
+        return orjson.dumps(body)
 
     def predict_arrow(self, body: bytes, headers: dict[bytes, bytes]) -> tuple[int, bytes, str, list]:
         """/predict with an Arrow IPC stream body (serving.arrow): the same model, encoding, request log
@@ -364,13 +392,22 @@ class Predictor:
 
     @info.get("/metadata")
     def metadata(self) -> dict[str, Any]:
-        """The model version, the ONNX Runtime providers really in use, the model's registry record
-        (lineage, metrics, gate) when packaged with it, and the feature schema."""
+        """The model version, the ONNX Runtime providers really in use, adaptive batching's counts (this
+        worker's), the model's registry record (lineage, metrics, gate) when packaged with it, and the
+        feature schema."""
         served = self.served
+        batcher = self.batcher
         return {
             "model_version": served.version,
             "shadow_versions": sorted(self.shadows),
             "providers": served.session.get_providers(),
+            "batching": None
+            if batcher is None
+            else {
+                "max_wait_ms": SETTINGS.batch_max_wait_ms,
+                "requests": batcher.requests,
+                "model_calls": batcher.batches,
+            },
             "model": served.info,
             "schema": served.schema.to_dict(),
         }
@@ -379,6 +416,12 @@ class Predictor:
 _refusals: ParquetWindows | None = None
 _PREDICTORS: list[Predictor] = []
 """This worker's service instance (one), for the Arrow route in front of BentoML's."""
+
+
+async def answer_json(body: bytes, headers: dict[bytes, bytes]) -> tuple[int, bytes, str, list] | None:
+    if not _PREDICTORS:
+        return None  # BentoML's API answers while the service starts
+    return await _PREDICTORS[-1].predict_json(body, headers)
 
 
 def answer_arrow(body: bytes, headers: dict[bytes, bytes]) -> tuple[int, bytes, str, list]:
@@ -422,4 +465,5 @@ Predictor.add_asgi_middleware(
     max_body_bytes=SETTINGS.max_body_bytes,
     on_refused=record_refusal,
     arrow=answer_arrow,
+    fast_json=answer_json,
 )

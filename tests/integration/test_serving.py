@@ -222,6 +222,32 @@ def test_health_metrics_and_the_openapi_document_need_no_key(bike) -> None:
     assert record["additionalProperties"] is False and record["properties"]["temp"]["maximum"] == 50
 
 
+def test_valid_json_takes_the_fast_path_and_bentomls_metrics_still_count_every_request(bike) -> None:
+    import urllib.request
+
+    server, first, records, _, _ = bike
+
+    def predict_count() -> float:
+        with urllib.request.urlopen(server.base + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        lines = [
+            ln for ln in text.splitlines() if ln.startswith("bentoml_service_request_total") and '"/predict"' in ln
+        ]
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+    before = predict_count()
+    status, body, headers = server.post("/predict", {"records": records[:2]}, {**KEY, "x-request-id": "fast-1"})
+    assert status == 200 and body["request_id"] == "fast-1" and headers["x-request-id"] == "fast-1"
+    assert "x-bentoml-request-id" not in {h.lower() for h in headers}  # answered before BentoML's API
+    # What the fast path's stricter model refuses goes on to BentoML's API, which answers as always:
+    status, body, headers = server.post("/predict", {"records": records[:1], "extra": 1}, KEY)
+    assert status == 200 and "x-bentoml-request-id" in {h.lower() for h in headers}  # it ignores the extra key
+    status, body, headers = server.post("/predict", _records(bike, temp=999), KEY)
+    assert status == 400 and body["problems"][0]["field"] == "records[0].temp"
+    assert "x-bentoml-request-id" in {h.lower() for h in headers}
+    assert predict_count() >= before + 3
+
+
 def _records(bike, **changes):
     records = [dict(r) for r in bike[2][:1]]
     for field, value in changes.items():
@@ -495,6 +521,40 @@ def test_a_promotion_under_load_swaps_the_model_without_a_failed_request(built) 
     assert versions_since(swapped) == {second}
     assert versions_since(broken_at + 1.0) == {second}
     assert f"still serving {second}: production model {'0' * 16} failed to load or check" in log.read_text()
+
+
+def test_with_adaptive_batching_concurrent_requests_share_model_calls_and_get_their_own_answers(built) -> None:
+    from loopline.features import RecordEncoder, decode_predictions
+    from loopline.runtime import onnx_session, run_encoded
+    from loopline.schema import load_schema
+
+    project = reset_registry(built)
+    first = built[1]
+    project.loopline("promote", first)
+    records, _ = feature_records(project, first, 40)
+    version = project.path(f"registry/versions/{first}")
+    schema = load_schema(version / "schema.json")
+    outputs = run_encoded(onnx_session(version / "model.onnx"), RecordEncoder(schema)(records))
+    expected = decode_predictions(outputs, schema)["predictions"]  # each record on its own, in process
+    answers: dict[int, float] = {}
+
+    def client(offset: int, server: Server) -> None:
+        for i in range(offset, len(records), 8):  # one record a request, eight clients at once
+            status, body, _ = server.post("/predict", {"records": [records[i]]})
+            assert status == 200, body
+            answers[i] = body["predictions"][0]
+
+    env = {"LOOPLINE_REQUEST_LOG": "off", "LOOPLINE_BATCHING": "1", "LOOPLINE_BATCH_MAX_WAIT_MS": "20"}
+    with serving(project, log=project.root / "batching-server.log", **env) as server:
+        clients = [threading.Thread(target=client, args=(offset, server)) for offset in range(8)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(timeout=120)
+        batching = server.get("/metadata")[1]["batching"]
+    assert sorted(answers) == list(range(len(records)))
+    np.testing.assert_allclose([answers[i] for i in range(len(records))], expected, rtol=1e-6)
+    assert batching["requests"] == len(records) and batching["model_calls"] < batching["requests"]
 
 
 # ------------------------------------------------------------------------------------ tampering
