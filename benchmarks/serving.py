@@ -4,11 +4,15 @@ Every server answers the same POST /predict body with the registry's production 
 started and measured one after another in this one run with wrk (a C load generator):
 
 - loopline: `bentoml serve serving.service:Predictor` as shipped (request log on), then with the request
-  log off (what logging costs), then with LOOPLINE_WORKERS=2;
-- fastapi + onnxruntime: benchmarks/servers/plain_fastapi.py on uvicorn, the same ONNX session and the
-  same schema-derived request model, no log, no metrics, no tracing; 1 worker, then 2;
-- fastapi + pytorch eager: the same endpoint over the trained PyTorch module in artifacts/model, the one
-  the production model was exported from after `make pipeline` (what most people write).
+  log off (what logging costs), with adaptive batching (LOOPLINE_BATCHING: what arrives in one turn of
+  the event loop; then waiting up to 2 ms), then with LOOPLINE_WORKERS=2;
+- fastapi strong + onnxruntime, the reference: benchmarks/servers/strong_fastapi.py on uvicorn, an async
+  endpoint validating the raw body against the same schema-derived request model in one call, the same
+  RecordEncoder and ONNX session, orjson; no log, no metrics, no tracing; 1 worker, then 2;
+- fastapi typical + onnxruntime: benchmarks/servers/plain_fastapi.py, a synchronous endpoint building a
+  DataFrame per request (what most people write);
+- fastapi typical + pytorch eager: the same over the trained PyTorch module in artifacts/model, the one
+  the production model was exported from after `make pipeline`.
 
 Single-record requests and 256-record requests (JSON; and for Loopline's service the same 256 records as
 an Apache Arrow IPC stream body), `--connections` connections each, for `--seconds`.
@@ -40,6 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BIN = Path(sys.executable).parent
+REFERENCE = "fastapi strong + onnxruntime"
 
 from serving.arrow import ARROW_STREAM, encode_table  # noqa: E402
 
@@ -221,6 +226,7 @@ def main() -> None:
         "warning",
     ]
     plain_env = {"LOOPLINE_BENCH_MODEL": str(model_dir)}
+    strong = [part.replace("plain_fastapi", "strong_fastapi") for part in plain]
     contenders = [
         Contender(
             "loopline (bentoml), request log on",
@@ -232,9 +238,27 @@ def main() -> None:
         Contender(
             "loopline (bentoml), request log off", bentoml, {**env, "LOOPLINE_REQUEST_LOG": "off"}, {}, arrow=True
         ),
-        Contender("fastapi + onnxruntime", plain, {**plain_env, "LOOPLINE_BENCH_RUNTIME": "onnx"}, {}),
         Contender(
-            "fastapi + pytorch eager",
+            "loopline (bentoml), request log on, batching",
+            bentoml,
+            {**env, "LOOPLINE_REQUEST_LOG": str(scratch / "requests-b"), "LOOPLINE_BATCHING": "1"},
+            {},
+        ),
+        Contender(
+            "loopline (bentoml), request log on, batching, wait 2 ms",
+            bentoml,
+            {
+                **env,
+                "LOOPLINE_REQUEST_LOG": str(scratch / "requests-b2"),
+                "LOOPLINE_BATCHING": "1",
+                "LOOPLINE_BATCH_MAX_WAIT_MS": "2",
+            },
+            {},
+        ),
+        Contender(REFERENCE, strong, plain_env, {}),
+        Contender("fastapi typical + onnxruntime", plain, {**plain_env, "LOOPLINE_BENCH_RUNTIME": "onnx"}, {}),
+        Contender(
+            "fastapi typical + pytorch eager",
             plain,
             {**plain_env, "LOOPLINE_BENCH_RUNTIME": "torch", "LOOPLINE_BENCH_MODEL": str(REPO / "artifacts" / "model")},
             {},
@@ -246,12 +270,7 @@ def main() -> None:
             {},
             arrow=True,
         ),
-        Contender(
-            "fastapi + onnxruntime, 2 workers",
-            [*plain, "--workers", "2"],
-            {**plain_env, "LOOPLINE_BENCH_RUNTIME": "onnx"},
-            {},
-        ),
+        Contender(f"{REFERENCE}, 2 workers", [*strong, "--workers", "2"], plain_env, {}),
     ]
     if args.only:
         contenders = [c for c in contenders if any(key in c.name for key in args.only)]
@@ -261,14 +280,14 @@ def main() -> None:
     in_process = in_process_rows_per_s(model_dir, records, min(args.seconds, 3.0))
     shutil.rmtree(scratch, ignore_errors=True)
 
-    reference = next((c for c in contenders if c.name == "fastapi + onnxruntime"), None)
+    reference = next((c for c in contenders if c.name == REFERENCE), None)
     print(
         f"\nserving, model {version} ({schema.name}), wrk -t1 -c{args.connections} -d{args.seconds:g}s on "
         f"127.0.0.1, {os.cpu_count()} cores\n"
     )
     print(
-        "| server | records/request | req/s | rows/s | p50 ms | p99 ms | req/s vs fastapi+ort | "
-        "p99 vs fastapi+ort | errors | RSS MiB |"
+        "| server | records/request | req/s | rows/s | p50 ms | p99 ms | req/s vs strong | "
+        "p99 vs strong | errors | RSS MiB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for contender in contenders:

@@ -1,7 +1,8 @@
-"""The hand-written baseline the serving benchmark compares Loopline's service against: FastAPI +
-uvicorn, one POST /predict taking a list of records validated by the same schema-derived model, the
-rows through the same feature encoding, then either the same ONNX Runtime session or the trained
-PyTorch module in eager mode. No request log, no metrics, no tracing: what most people write.
+"""The typical hand-written endpoint the serving benchmark shows beside the strong one
+(strong_fastapi.py): FastAPI + uvicorn, a synchronous POST /predict taking a list of records validated
+by the same schema-derived model, a DataFrame per request through the same feature encoding, then either
+the same ONNX Runtime session or the trained PyTorch module in eager mode. No request log, no metrics, no
+tracing: what most people write.
 
     LOOPLINE_BENCH_MODEL=registry/versions/<version> LOOPLINE_BENCH_RUNTIME=onnx \
         uvicorn benchmarks.servers.plain_fastapi:app --host 127.0.0.1 --port 3100
