@@ -235,17 +235,29 @@ def test_valid_json_takes_the_fast_path_and_bentomls_metrics_still_count_every_r
         ]
         return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
 
+    def by_bentomls_api(headers: dict[str, str]) -> bool:  # its answers name it in the Server header
+        return any(k.lower() == "server" and v.startswith("BentoML") for k, v in headers.items())
+
     before = predict_count()
     status, body, headers = server.post("/predict", {"records": records[:2]}, {**KEY, "x-request-id": "fast-1"})
     assert status == 200 and body["request_id"] == "fast-1" and headers["x-request-id"] == "fast-1"
-    assert "x-bentoml-request-id" not in {h.lower() for h in headers}  # answered before BentoML's API
+    assert not by_bentomls_api(headers)  # answered in front of BentoML's API
     # What the fast path's stricter model refuses goes on to BentoML's API, which answers as always:
     status, body, headers = server.post("/predict", {"records": records[:1], "extra": 1}, KEY)
-    assert status == 200 and "x-bentoml-request-id" in {h.lower() for h in headers}  # it ignores the extra key
+    assert status == 200 and by_bentomls_api(headers)  # BentoML ignores the extra key
     status, body, headers = server.post("/predict", _records(bike, temp=999), KEY)
-    assert status == 400 and body["problems"][0]["field"] == "records[0].temp"
-    assert "x-bentoml-request-id" in {h.lower() for h in headers}
+    assert status == 400 and body["problems"][0]["field"] == "records[0].temp" and by_bentomls_api(headers)
     assert predict_count() >= before + 3
+
+
+def test_with_tracing_off_the_tracing_middleware_is_left_out_and_the_fix_is_still_needed(bike) -> None:
+    from serving.bentoml_fixes import tracing_installed_unconditionally_upstream
+
+    server = bike[0]
+    status, _, headers = server.post("/predict", {"records": [{"season": "summer"}]}, KEY)  # BentoML's 400
+    assert status == 400 and "x-bentoml-request-id" not in {h.lower() for h in headers}  # no span, no span id
+    # BentoML 1.4.39 installs it without looking at the sample rate; when an upgrade does, drop fix 3.
+    assert tracing_installed_unconditionally_upstream()
 
 
 def _records(bike, **changes):
