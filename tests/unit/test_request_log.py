@@ -60,3 +60,33 @@ def test_records_from_many_threads_all_reach_parquet_files_and_close_flushes_the
     assert str(frame["served_at"].dtype) == "datetime64[us, UTC]"
     assert frame[ACS.time_column].isna().all()
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_a_window_larger_than_a_row_group_reads_back_as_one_table(tmp_path) -> None:
+    """Written a row group at a time (the request path gets the interpreter back between them), a
+    window reads back as if decoded at once: a shadow model scored for some requests only, and a model
+    swap in the middle, included."""
+    import pyarrow.parquet as pq
+
+    from serving.request_log import ROW_GROUP_REQUESTS, _as_written, log_files
+
+    log = RequestLog(tmp_path, ACS, flush_seconds=3600)
+    encode = RecordEncoder(ACS)
+    numeric, categorical = ACS.numeric_features[0], ACS.categorical_features[0]
+    requests = 2 * ROW_GROUP_REQUESTS + 37
+    for i in range(requests):
+        records = [{numeric.name: float(i), categorical.name: categorical.categories[i % 2]}] * (1 + i % 3)
+        outputs = np.tile([0.3, 0.7], (len(records), 1)) if len(ACS.classes) == 2 else np.full(len(records), 0.4)
+        shadow = {"shadow1": outputs[::-1].copy()} if ROW_GROUP_REQUESTS <= i < ROW_GROUP_REQUESTS + 5 else None
+        log.record(f"r{i}", "v1" if i < requests // 2 else "v2", encode(records), outputs, None, shadow)
+    pending = log._take()
+    expected = _as_written(log._to_frame(pending))
+    log._write(pending)
+    [written] = log_files(tmp_path)
+    assert pq.ParquetFile(written).num_row_groups == 3
+    got = pd.read_parquet(written)
+    assert list(got.columns) == list(expected.columns) and len(got) == len(expected)
+    for column in expected.columns:
+        assert got[column].astype(object).where(got[column].notna(), None).tolist() == (
+            expected[column].astype(object).where(expected[column].notna(), None).tolist()
+        ), column
