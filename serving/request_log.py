@@ -2,7 +2,7 @@
 
 `record()` only appends the arrays the model was given and its outputs to a deque. A writer thread wakes
 every `flush_seconds` (sooner when `flush_rows` rows are waiting), takes what is there and writes it as
-one Parquet file, decoded as one table, under
+one Parquet file (the request log decodes and writes it `ROW_GROUP_REQUESTS` requests at a time), under
 `<directory>/date=YYYY-MM-DD/part-<time>-<host>-<pid>-<n>.parquet`; each file is written under a temporary name
 and renamed, so a reader never sees half a file. Columns: request_id, record (its index in the request),
 served_at (UTC), model_version, every feature as the model saw it (numbers as float32), the schema's
@@ -36,9 +36,9 @@ from loopline.schema import FeatureSchema, Kind
 
 log = logging.getLogger(__name__)
 HOST = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname()) or "host"
+"""This machine in the request log's file names."""
 ROW_GROUP_REQUESTS = 1_000
 """Requests per Parquet row group of the request log: the writer hands the GIL back between them."""
-"""This machine in the request log's file names."""
 
 
 class ParquetWindows:
@@ -104,10 +104,14 @@ class ParquetWindows:
             return
         try:
             target, tmp = self._next_file()
-            self._to_frame(pending).pipe(_as_written).to_parquet(tmp, index=False)
+            self._write_file(pending, tmp)
             os.replace(tmp, target)
         except Exception:  # the service keeps serving; the failure and the rows lost are logged
             log.exception("could not write %d rows to %s", sum(self._rows(p) for p in pending), self.directory)
+
+    def _write_file(self, pending: list[Any], path: Path) -> None:
+        """The window's items as one Parquet file at `path`."""
+        _as_written(self._to_frame(pending)).to_parquet(path, index=False)
 
     def _next_file(self) -> tuple[Path, Path]:
         """(the file's name, the temporary name it is written under)."""
@@ -170,30 +174,22 @@ class RequestLog(ParquetWindows):
     def _rows(item: Any) -> int:
         return len(item[3])
 
-    def _write(self, pending: list[Any]) -> None:
-        """One file per window, decoded and written ROW_GROUP_REQUESTS requests at a time, handing the
-        GIL back to the request path between row groups: decoding a whole 5 s window at once held it for
-        tens of milliseconds, the requests arriving meanwhile waited, and that was the service's p99."""
-        if not pending:
-            return
+    def _write_file(self, pending: list[Any], path: Path) -> None:
+        """Decoded and written ROW_GROUP_REQUESTS requests at a time, handing the GIL back to the request
+        path between row groups: decoding a whole 5 s window at once held it for tens of milliseconds,
+        the requests arriving meanwhile waited, and that was the service's p99."""
+        shadow_versions = sorted({v for item in pending for v in item[6]})
+        writer = None
         try:
-            shadow_versions = sorted({v for item in pending for v in item[6]})
-            target, tmp = self._next_file()
-            writer = None
-            try:
-                for start in range(0, len(pending), ROW_GROUP_REQUESTS):
-                    frame = self._to_frame(pending[start : start + ROW_GROUP_REQUESTS], shadow_versions)
-                    table = _arrow_table(frame)
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema)
-                    writer.write_table(table.cast(writer.schema))
-                    time.sleep(0)
-            finally:
-                if writer is not None:
-                    writer.close()
-            os.replace(tmp, target)
-        except Exception:  # the service keeps serving; the failure and the rows lost are logged
-            log.exception("could not write %d rows to %s", sum(self._rows(p) for p in pending), self.directory)
+            for start in range(0, len(pending), ROW_GROUP_REQUESTS):
+                table = _arrow_table(self._to_frame(pending[start : start + ROW_GROUP_REQUESTS], shadow_versions))
+                if writer is None:
+                    writer = pq.ParquetWriter(path, table.schema)
+                writer.write_table(table.cast(writer.schema))
+                time.sleep(0)
+        finally:
+            if writer is not None:
+                writer.close()
 
     def _to_frame(self, items: list[Any], shadow_versions: list[str] | None = None) -> pd.DataFrame:
         counts = [len(item[3]) for item in items]

@@ -318,12 +318,18 @@ class Predictor:
         if self.request_log is not None:
             time_column = served.schema.time_column
             event_times = [getattr(record, time_column) for record in records] if time_column else None
-            # Shadow models see the same encoded records; their outputs are logged, never returned.
-            shadow = {v: run_encoded(s.session, features) for v, s in self.shadows.items() if v != served.version}
-            self.request_log.record(request_id, served.version, features, outputs, event_times, shadow)
-            self.recent_ids.add(request_id)
+            self.log_request(served, request_id, features, outputs, event_times)
         body = {"model_version": served.version, "request_id": request_id, **decode_predictions(outputs, served.schema)}
         return orjson.dumps(body)
+
+    def log_request(
+        self, served: Served, request_id: str, features: Any, outputs: Any, event_times: list[Any] | None
+    ) -> None:
+        """The request log's record of a served request (the log is on): the shadow models see the same
+        encoded records; their outputs are logged, never returned."""
+        shadow = {v: run_encoded(s.session, features) for v, s in self.shadows.items() if v != served.version}
+        self.request_log.record(request_id, served.version, features, outputs, event_times, shadow)  # type: ignore[union-attr]
+        self.recent_ids.add(request_id)
 
     def predict_arrow(self, body: bytes, headers: dict[bytes, bytes]) -> tuple[int, bytes, str, list]:
         """/predict with an Arrow IPC stream body (serving.arrow): the same model, encoding, request log
@@ -348,9 +354,7 @@ class Predictor:
             return 400, orjson.dumps({"error": str(exc), "problems": exc.problems}), "application/json", echo
         outputs = run_encoded(served.session, features)
         if self.request_log is not None:
-            shadow = {v: run_encoded(s.session, features) for v, s in self.shadows.items() if v != served.version}
-            self.request_log.record(request_id, served.version, features, outputs, times, shadow)
-            self.recent_ids.add(request_id)
+            self.log_request(served, request_id, features, outputs, times)
         if is_arrow(headers.get(b"accept")):
             payload = arrow_answer(prediction_columns(outputs, schema), served.version, request_id)
             return 200, payload, ARROW_STREAM, echo

@@ -233,13 +233,18 @@ def feature_records(project: Project, version: str, rows: int) -> tuple[list[dic
     return json.loads(test[[c.name for c in schema.features]].to_json(orient="records")), test
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Server:
     """`bentoml serve serving.service:Predictor` in a project, as a user starts it, on 127.0.0.1."""
 
     def __init__(self, project: Project, env: dict[str, str], log: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         self.log = log
         bentoml = str(Path(sys.executable).parent / "bentoml")
@@ -339,9 +344,7 @@ class PrefectServer:
     """`prefect server start` on 127.0.0.1 with its database at `database_url`, as a user runs it."""
 
     def __init__(self, project: Project, database_url: str, logs: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.api = f"http://127.0.0.1:{port}/api"
         self.logs = logs
         self.project = project

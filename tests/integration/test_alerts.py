@@ -3,20 +3,13 @@ Prefect email block."""
 
 from __future__ import annotations
 
-import socket
 from email import message_from_bytes
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 from loopline.config import AlertParams
 from monitoring.alerts import Outbox, SmtpSettings, compose
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Inbox:

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import Project
+from conftest import Project, free_port
 
 SHORT_RUN = {
     "epochs": 4,
@@ -112,9 +111,7 @@ def test_two_torchrun_processes_end_with_identical_weights_on_one_node_or_two(pr
     # Two nodes of one process each, as on two machines: the README's command, both launchers here.
     shutil.rmtree(prepared.path(".state/checkpoints"))  # no checkpoint to resume from: a run from scratch
     prepared.path("artifacts/model/model.pt").unlink()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # One thread per process, as torchrun sets it for the two processes of one node: CPU kernels sum in
     # an order that depends on the thread count.
     env = {**prepared.env(), "OMP_NUM_THREADS": "1"}
