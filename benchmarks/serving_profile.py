@@ -1,7 +1,9 @@
 """Where a small request's time goes: Loopline's service and the strong endpoint, sampled by py-spy.
 
 Loopline's BentoML service and the strong hand-written endpoint (benchmarks/servers/strong_fastapi.py)
-under the same single-record load.
+under the same load: single records by default; `--records N` sends N records a request, and with
+`--arrow` Loopline's service gets them as an Arrow IPC stream (the strong endpoint, which takes JSON
+only, the same rows as JSON).
 
 Each server runs on 127.0.0.1 with 1 worker; wrk sends single-record requests on `--connections`
 connections for `--seconds` while py-spy samples the serving process (`--rate` per second, busy samples
@@ -10,7 +12,7 @@ routing and middleware, tracing, metrics, validation, Loopline's own code, ONNX 
 and turned into CPU microseconds per request: samples / rate / requests answered while sampling.
 
     .venv/bin/pip install py-spy==0.4.3     # a sampling profiler; not part of the pinned environment
-    .venv/bin/python benchmarks/serving_profile.py [--seconds 10] [--connections 32]
+    .venv/bin/python benchmarks/serving_profile.py [--seconds 10] [--connections 32] [--records 256 --arrow]
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def profile(name: str, command: list[str], env: dict[str, str], body: Path, args
                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}/predict"
     try:
-        wait_ready(url, body.read_bytes(), process)
+        wait_ready(url, body.with_suffix(".json").read_bytes(), process)  # JSON: the same rows
         wrk(url, body, args.connections, 2.0)  # warm-up
         pid = serving_process(process.pid, name)
         raw = Path(tempfile.mkdtemp(prefix="loopline-profile-")) / "stacks.txt"
@@ -139,6 +141,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(BIN / "py-spy"))
     parser.add_argument("--top", type=int, default=0, help="also list the N frames that cost most, per server")
+    parser.add_argument("--records", type=int, default=1, help="records per request")
+    parser.add_argument("--arrow", action="store_true", help="Loopline's service gets an Arrow IPC stream body")
     args = parser.parse_args()
     if not Path(args.py_spy).exists():
         sys.exit("py-spy not found: .venv/bin/pip install py-spy==0.4.3")
@@ -155,10 +159,17 @@ def main() -> None:
     version = registry.production() or sys.exit("no production model: run `make pipeline` first")
     model_dir = registry.root / "versions" / version
     schema = load_schema(model_dir / "schema.json")
-    row = pd.read_parquet(model_dir / "test.parquet").head(1)[[c.name for c in schema.features]]
+    rows = pd.read_parquet(model_dir / "test.parquet")[[c.name for c in schema.features]]
+    rows = pd.concat([rows] * (1 + args.records // len(rows)), ignore_index=True).head(args.records)
     scratch = Path(tempfile.mkdtemp(prefix="loopline-profile-"))
-    body = scratch / "one.json"
-    body.write_text(json.dumps({"records": json.loads(row.to_json(orient="records"))}))
+    body = scratch / "body.json"
+    body.write_text(json.dumps({"records": json.loads(rows.to_json(orient="records"))}))
+    bodies = {"loopline": body, REFERENCE: body}
+    if args.arrow:
+        from serving.arrow import encode_table
+
+        bodies["loopline"] = scratch / "body.arrow"
+        bodies["loopline"].write_bytes(encode_table(rows))
     env = {"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(REPO / ".state" / "bentoml")),
            "BENTOML_DO_NOT_TRACK": "true", "LOOPLINE_REQUEST_LOG": str(scratch / "requests")}  # fmt: skip
     servers = {
@@ -170,10 +181,13 @@ def main() -> None:
     results = {}
     for name, (command, server_env) in servers.items():
         print(f"profiling {name} ...", file=sys.stderr, flush=True)
-        results[name] = profile(name, command, server_env, body, args)
+        results[name] = profile(name, command, server_env, bodies[name], args)
     shutil.rmtree(scratch, ignore_errors=True)
 
-    print(f"\nCPU microseconds per single-record request, by component (py-spy, {args.rate}/s, busy samples), "
+    what = "single-record request" if args.records == 1 else f"request of {args.records} records"
+    if args.arrow:
+        what += " (Loopline's service: Arrow)"
+    print(f"\nCPU microseconds per {what}, by component (py-spy, {args.rate}/s, busy samples), "
           f"wrk -c{args.connections} -d{args.seconds:g}s, 1 worker, {os.cpu_count()} cores\n")  # fmt: skip
     names = list(results)
     print("| component | " + " | ".join(names) + " |")

@@ -47,7 +47,9 @@ class Settings:
     max_records: int = _setting(1024, "The most records one request may carry.")
     max_body_bytes: int = _setting(4 * 2**20, "The largest request body, in bytes (413 above it).")
     workers: int = _setting(1, "Server processes, each with its own ONNX Runtime session.")
-    ort_threads: int = _setting(0, "ONNX Runtime threads per session; 0: the cores shared out among the workers.")
+    ort_threads: int = _setting(
+        1, "ONNX Runtime threads per session (the request path runs the model inline; more workers use more cores)."
+    )
     access_log: bool = _setting(
         False, "BentoML's access log, a line per request (about 8% of throughput on small requests)."
     )

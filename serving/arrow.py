@@ -12,6 +12,7 @@ header asks for Arrow (the model version and request id in the schema's metadata
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,24 +66,63 @@ def _fits(arrow_type: pa.DataType, kind: Kind, categories: tuple[Any, ...]) -> s
     return None if (pat.is_integer(arrow_type) or pat.is_floating(arrow_type)) else "a number"
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What validating and encoding a body needs from a schema, worked out once per schema."""
+
+    columns: dict[str, Any]
+    """The features, then the time column when the schema has one: what a body may hold."""
+    fits: dict[tuple[str, pa.DataType], str]
+    """(column, Arrow type) -> '' when it fits, else what was expected; filled as bodies arrive."""
+    fills: np.ndarray
+    null_ok: dict[str, bool]
+    categories: dict[str, pa.Array]
+    fill_codes: dict[str, int]
+    not_a_category: dict[str, str]
+
+
+_PLANS: dict[int, tuple[FeatureSchema, _Plan]] = {}
+
+
+def _plan(schema: FeatureSchema) -> _Plan:
+    cached = _PLANS.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    cols = schema.categorical_features
+    columns = {c.name: c for c in schema.features}
+    if schema.time_column:
+        columns[schema.time_column] = schema.column(schema.time_column)
+    plan = _Plan(
+        columns=columns,
+        fits={},
+        fills=numeric_fill_values(schema),
+        null_ok={c.name: accepts_null(c) for c in schema.features},
+        categories={c.name: pa.array(list(c.categories)) for c in cols},
+        fill_codes={c.name: index.get(None, UNKNOWN) for c, index in zip(cols, category_indexes(schema))},
+        not_a_category={c.name: not_a_category(c) for c in cols},
+    )
+    _PLANS[id(schema)] = (schema, plan)
+    return plan
+
+
 def type_problems(table: pa.Table, schema: FeatureSchema) -> list[dict[str, Any]]:
     """Missing, unknown and mistyped columns, each named."""
+    plan = _plan(schema)
     problems = []
     names = set(table.column_names)
-    for col in schema.features:
-        if col.name not in names:
-            problems.append({"field": col.name, "problem": "missing column"})
-    allowed = {c.name for c in schema.features} | ({schema.time_column} if schema.time_column else set())
-    for name in table.column_names:
-        if name not in allowed:
-            problems.append({"field": name, "problem": "not a feature of the model (unknown column)"})
+    for name in plan.columns:
+        if name not in names and name != schema.time_column:
+            problems.append({"field": name, "problem": "missing column"})
+    for field in table.schema:
+        col = plan.columns.get(field.name)
+        if col is None:
+            problems.append({"field": field.name, "problem": "not a feature of the model (unknown column)"})
             continue
-        col = schema.column(name)
-        expected = _fits(table.schema.field(name).type, col.kind, tuple(col.categories))
-        if expected is not None:
-            problems.append(
-                {"field": name, "problem": f"wrong type: {table.schema.field(name).type} where {expected} is expected"}
-            )
+        expected = plan.fits.get((field.name, field.type))
+        if expected is None:
+            expected = plan.fits[(field.name, field.type)] = _fits(field.type, col.kind, tuple(col.categories)) or ""
+        if expected:
+            problems.append({"field": field.name, "problem": f"wrong type: {field.type} where {expected} is expected"})
     return problems
 
 
@@ -91,40 +131,65 @@ def _plain(column: pa.ChunkedArray) -> pa.Array:
     return array.dictionary_decode() if pat.is_dictionary(array.type) else array
 
 
+def _numbers_pass(array: pa.Array, col: Any) -> np.ndarray | None:
+    """A column with no nulls whose numbers all pass, as an array; None when the full check must run."""
+    if array.null_count or not (pat.is_floating(array.type) or pat.is_integer(array.type)) or not len(array):
+        return None
+    x = array.to_numpy(zero_copy_only=False)
+    low, high = x.min(), x.max()  # NaN and infinities show here
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    if (col.min is not None and low < col.min) or (col.max is not None and high > col.max):
+        return None
+    if col.integer and pat.is_floating(array.type) and not np.array_equal(x, np.floor(x)):
+        return None
+    return x
+
+
 def validate_and_encode(table: pa.Table, schema: FeatureSchema) -> tuple[Validation, EncodedFeatures, list[Any] | None]:
     """The values checked with loopline.columns' rules and encoded as loopline.features encodes them,
     straight from the Arrow arrays (no DataFrame): a body whose columns passed `type_problems`. Also the
-    time column's values as naive UTC datetimes for the request log (None without one)."""
+    time column's values as naive UTC datetimes for the request log (None without one). A column with no
+    nulls whose values all pass takes a short path (a few array-wide checks)."""
     n = table.num_rows
+    plan = _plan(schema)
     bad: dict[tuple[str, str], np.ndarray] = {}
     numeric_cols, categorical_cols = schema.numeric_features, schema.categorical_features
     numeric = np.empty((n, len(numeric_cols)), dtype=np.float32)
-    missing = np.empty((n, len(numeric_cols) + len(categorical_cols)), dtype=bool)
+    missing = np.zeros((n, len(numeric_cols) + len(categorical_cols)), dtype=bool)
     for j, col in enumerate(numeric_cols):
         array = _plain(table.column(col.name))
+        passed = _numbers_pass(array, col)
+        if passed is not None:
+            numeric[:, j] = passed
+            continue
         present = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         x = np.asarray(pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-        if not accepts_null(col):
+        if not plan.null_ok[col.name]:
             bad[(col.name, "null where a value is required")] = ~present
         for problem, rows in number_problems(x, present, col).items():
             bad[(col.name, problem)] = rows
         numeric[:, j] = x
         missing[:, j] = ~present
-    _fill_numeric(numeric, numeric_fill_values(schema))
+    _fill_numeric(numeric, plan.fills)
     categorical = np.empty((n, len(categorical_cols)), dtype=np.int64)
-    for j, (col, index) in enumerate(zip(categorical_cols, category_indexes(schema))):
+    for j, col in enumerate(categorical_cols):
         array = _plain(table.column(col.name))
-        present = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        values = pa.array(list(col.categories))
-        if not pat.is_null(array.type):
+        values = plan.categories[col.name]
+        if not pat.is_null(array.type) and array.type != values.type:
             array = pc.cast(array, values.type)
-        codes = np.asarray(pc.index_in(array, value_set=values).to_numpy(zero_copy_only=False), dtype=np.float64)
-        found = ~np.isnan(codes)
-        if not accepts_null(col):
+        found = pc.index_in(array, value_set=values)
+        if not found.null_count:  # every value one of the categories (so none null either)
+            categorical[:, j] = found.to_numpy(zero_copy_only=False)
+            continue
+        present = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        codes = np.asarray(found.to_numpy(zero_copy_only=False), dtype=np.float64)
+        known = ~np.isnan(codes)
+        if not plan.null_ok[col.name]:
             bad[(col.name, "null where a value is required")] = ~present
-        bad[(col.name, not_a_category(col))] = present & ~found
-        fill = index.get(None, UNKNOWN)
-        categorical[:, j] = np.where(found, np.nan_to_num(codes), np.where(present, UNKNOWN, fill)).astype(np.int64)
+        bad[(col.name, plan.not_a_category[col.name])] = present & ~known
+        fill = plan.fill_codes[col.name]
+        categorical[:, j] = np.where(known, np.nan_to_num(codes), np.where(present, UNKNOWN, fill)).astype(np.int64)
         missing[:, len(numeric_cols) + j] = ~present
     times = None
     time = schema.time_column

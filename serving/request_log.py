@@ -1,13 +1,14 @@
 """The request log: every served record, for monitoring, written off the request's critical path.
 
-`record()` only appends the arrays the model was given and its outputs to a deque. A writer thread wakes
-every `flush_seconds` (sooner when `flush_rows` rows are waiting), takes what is there and writes it as
-one Parquet file (the request log decodes and writes it `ROW_GROUP_REQUESTS` requests at a time), under
-`<directory>/date=YYYY-MM-DD/part-<time>-<host>-<pid>-<n>.parquet`; each file is written under a temporary name
-and renamed, so a reader never sees half a file. Columns: request_id, record (its index in the request),
-served_at (UTC), model_version, every feature as the model saw it (numbers as float32), the schema's
-time column when the schema has one (the event time a record sent, else null), prediction, and for
-classification `proba_<class>`.
+`record()` only keeps the arrays the model was given and its outputs, and every `CHUNK_REQUESTS` requests
+(or `CHUNK_ROWS` records) turns them into one Arrow record batch on a deque. A writer thread wakes every
+`flush_seconds` (sooner when `flush_rows` rows are waiting), takes what is there and writes it as one
+Parquet file, under `<directory>/date=YYYY-MM-DD/part-<time>-<host>-<pid>-<n>.parquet`; each file is
+written under a temporary name and renamed, so a reader never sees half a file. Columns: request_id,
+record (its index in the request), served_at (UTC), model_version, every feature as the model saw it
+(numbers as float32), the schema's time column when the schema has one (the event time a record sent,
+else null), prediction, and for classification `proba_<class>`, the missing-value flags, and
+`shadow_<version>` per shadow model.
 
 Durability: a crash loses at most the rows of the open window (`flush_seconds`, 5 s by default); a clean
 shutdown (`close()`) writes everything. Several worker processes, on one machine or several, write side
@@ -21,7 +22,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,6 @@ from loopline.schema import FeatureSchema, Kind
 log = logging.getLogger(__name__)
 HOST = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname()) or "host"
 """This machine in the request log's file names."""
-ROW_GROUP_REQUESTS = 1_000
-"""Requests per Parquet row group of the request log: the writer hands the GIL back between them."""
 
 
 class ParquetWindows:
@@ -65,7 +63,11 @@ class ParquetWindows:
     def put(self, item: Any) -> None:
         """Hand an item to the writer thread (no I/O, no copying, no thread woken unless a window is full)."""
         self._items.append(item)
-        self._waiting_rows += self._rows(item)
+        self._waiting(self._rows(item))
+
+    def _waiting(self, rows: int) -> None:
+        """Count rows handed over; wake the writer early when a window is full."""
+        self._waiting_rows += rows
         if self._waiting_rows >= self.flush_rows:
             self._wake.set()
 
@@ -136,14 +138,22 @@ def _text(column: pd.Series) -> bool:
 class RequestLog(ParquetWindows):
     """Served records: request id, record index, time, model version, features, prediction, probabilities.
 
-    The request path hands over the arrays the model was given and its outputs; the writer thread decodes a
-    whole window at once: numeric features as float32, categorical ones (and request ids, versions and
-    predicted classes) dictionary-encoded with the schema's values as the categories."""
+    The request path hands over the arrays the model was given and its outputs; every `CHUNK_REQUESTS`
+    requests it turns them into one Arrow record batch (numeric features as float32; categorical ones,
+    request ids, versions and predicted classes dictionary-encoded, the schema's values as the
+    categories). The writer thread only joins a window's batches and writes them, which Arrow does with
+    the interpreter released."""
 
     def __init__(
         self, directory: Path, schema: FeatureSchema, flush_seconds: float = 5.0, flush_rows: int = 100_000
     ) -> None:
         self.schema = schema
+        self._fresh: list[Any] = []  # requests not yet in a batch (fewer than CHUNK_REQUESTS)
+        self._fresh_rows = 0
+        self._lock = threading.Lock()  # a chunk is batched and queued before the writer takes what is there
+        self._numeric_at = {c.name: j for j, c in enumerate(schema.numeric_features)}
+        self._categorical_at = {c.name: j for j, c in enumerate(schema.categorical_features)}
+        self._categories = {c.name: pa.array(list(c.categories)) for c in schema.categorical_features}
         super().__init__(directory, flush_seconds, flush_rows)
 
     def record(
@@ -157,77 +167,102 @@ class RequestLog(ParquetWindows):
     ) -> None:
         """Queue one request's encoded records, the model's outputs for them, the records' event times
         (the schema's time column, None where a record did not send it) and the outputs of the models
-        scored in shadow (version -> outputs); no I/O, no copying."""
-        self.put(
-            (
-                request_id,
-                model_version,
-                np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us"),
-                features,
-                outputs,
-                event_times,
-                shadow or {},
-            )
-        )
+        scored in shadow (version -> outputs); no I/O, no copying, and every `CHUNK_REQUESTS` requests
+        one record batch built (about 1 µs a request)."""
+        served_at = np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us")
+        item = (request_id, model_version, served_at, features, outputs, event_times, shadow or {})
+        with self._lock:
+            self._fresh.append(item)
+            self._fresh_rows += len(features)
+            if len(self._fresh) >= CHUNK_REQUESTS or self._fresh_rows >= CHUNK_ROWS:
+                chunk, self._fresh, self._fresh_rows = self._fresh, [], 0
+                self._items.append(self._record_batch(chunk))
+        self._waiting(len(features))
 
     @staticmethod
     def _rows(item: Any) -> int:
-        return len(item[3])
+        return item.num_rows
+
+    def _take(self) -> list[Any]:
+        with self._lock:
+            fresh, self._fresh, self._fresh_rows = self._fresh, [], 0
+            taken = super()._take()
+        return taken + [self._record_batch(fresh)] if fresh else taken
 
     def _write_file(self, pending: list[Any], path: Path) -> None:
-        """Decoded and written ROW_GROUP_REQUESTS requests at a time, handing the GIL back to the request
-        path between row groups: decoding a whole 5 s window at once held it for tens of milliseconds,
-        the requests arriving meanwhile waited, and that was the service's p99."""
-        shadow_versions = sorted({v for item in pending for v in item[6]})
-        writer = None
-        try:
-            for start in range(0, len(pending), ROW_GROUP_REQUESTS):
-                table = _arrow_table(self._to_frame(pending[start : start + ROW_GROUP_REQUESTS], shadow_versions))
-                if writer is None:
-                    writer = pq.ParquetWriter(path, table.schema)
-                writer.write_table(table.cast(writer.schema))
-                time.sleep(0)
-        finally:
-            if writer is not None:
-                writer.close()
+        """The window's batches as one Parquet file; a shadow model scored for part of the window only
+        is null on the other rows."""
+        names = list(dict.fromkeys(name for batch in pending for name in batch.schema.names))
+        fields = {f.name: f for batch in pending for f in batch.schema}
+        schema = pa.schema([fields[name] for name in names])
+        batches = [
+            batch
+            if batch.schema.names == names
+            else pa.RecordBatch.from_arrays(
+                [
+                    batch.column(name) if name in batch.schema.names else pa.nulls(batch.num_rows, fields[name].type)
+                    for name in names
+                ],
+                schema=schema,
+            )
+            for batch in pending
+        ]
+        pq.write_table(pa.Table.from_batches(batches, schema), path)
 
-    def _to_frame(self, items: list[Any], shadow_versions: list[str] | None = None) -> pd.DataFrame:
-        counts = [len(item[3]) for item in items]
+    def _record_batch(self, items: list[Any]) -> pa.RecordBatch:
+        """The requests' rows as one record batch, in the columns of the module doc."""
+        counts = np.fromiter((len(item[3]) for item in items), dtype=np.int64, count=len(items))
+        rows = int(counts.sum())
+        single = rows == len(items)  # one record a request: nothing to repeat
         numeric = np.concatenate([item[3].numeric for item in items])
         categorical = np.concatenate([item[3].categorical for item in items])
-        columns: dict[str, Any] = {
-            "request_id": _repeated([item[0] for item in items], counts),
-            "record": np.concatenate([np.arange(n) for n in counts]),
-            "served_at": pd.DatetimeIndex(np.repeat(np.array([item[2] for item in items]), counts), tz="UTC"),
-            "model_version": _repeated([item[1] for item in items], counts),
+        served_at = np.array([item[2] for item in items], dtype="datetime64[us]")
+        columns: dict[str, pa.Array] = {
+            "request_id": _repeated([item[0] for item in items], counts, single),
+            "record": pa.array(
+                np.zeros(rows, np.int64) if single else np.arange(rows) - np.repeat(np.cumsum(counts) - counts, counts)
+            ),
+            "served_at": pa.array(served_at if single else np.repeat(served_at, counts), pa.timestamp("us", "UTC")),
+            "model_version": _repeated([item[1] for item in items], counts, single),
         }
-        numeric_at = {c.name: j for j, c in enumerate(self.schema.numeric_features)}
-        categorical_at = {c.name: j for j, c in enumerate(self.schema.categorical_features)}
         for col in self.schema.features:  # in the schema's order; a missing category (-1) becomes null
-            columns[col.name] = (
-                numeric[:, numeric_at[col.name]]
-                if col.name in numeric_at
-                else pd.Categorical.from_codes(
-                    categorical[:, categorical_at[col.name]], categories=list(col.categories)
+            if col.name in self._numeric_at:
+                columns[col.name] = pa.array(np.ascontiguousarray(numeric[:, self._numeric_at[col.name]]))
+            else:
+                codes = categorical[:, self._categorical_at[col.name]].astype(np.int32)
+                columns[col.name] = pa.DictionaryArray.from_arrays(
+                    pa.array(codes, mask=codes < 0), self._categories[col.name]
                 )
-            )
         time_column = self.schema.time_column
         if time_column is not None:  # the records' event times, null where a record sent none
-            times = [t for item in items for t in (item[5] or [None] * len(item[3]))]
-            columns[time_column] = (
-                pd.to_datetime(pd.Series(times, dtype=object), errors="coerce").to_numpy(dtype="datetime64[us]")
-                if self.schema.column(time_column).kind is Kind.DATETIME
-                else np.array([np.nan if t is None else float(t) for t in times], dtype=np.float64)
+            columns[time_column] = self._event_times(items, counts)
+        predictions = prediction_columns(np.concatenate([item[4] for item in items]), self.schema)
+        for name, values in predictions.items():
+            columns[name] = (
+                pa.DictionaryArray.from_arrays(
+                    pa.array(pd.Categorical(values, categories=list(self.schema.classes)).codes.astype(np.int32)),
+                    pa.array(list(self.schema.classes)),
+                )
+                if values.dtype == object
+                else pa.array(values)
             )
-        columns.update(prediction_columns(np.concatenate([item[4] for item in items]), self.schema))
-        if self.schema.task.is_classification:
-            columns["prediction"] = pd.Categorical(columns["prediction"], categories=list(self.schema.classes))
         columns[MISSING_COLUMN] = _missing_masks(items, counts, len(self.schema.features))
-        for version in shadow_versions if shadow_versions is not None else sorted({v for i in items for v in i[6]}):
-            columns[SHADOW_PREFIX + version] = self._shadow_predictions(items, counts, version)
-        return pd.DataFrame(columns)
+        for version in sorted({v for item in items for v in item[6]}):
+            columns[SHADOW_PREFIX + version] = pa.array(self._shadow_predictions(items, counts, version))
+        return pa.RecordBatch.from_pydict(columns)
 
-    def _shadow_predictions(self, items: list[Any], counts: list[int], version: str) -> np.ndarray:
+    def _event_times(self, items: list[Any], counts: np.ndarray) -> pa.Array:
+        """The time column: naive UTC timestamps for a datetime column (what the request model parses an
+        event time to), numbers for a numeric one; null where a record sent none."""
+        times = [t for item, n in zip(items, counts) for t in (item[5] or [None] * int(n))]
+        if self.schema.column(self.schema.time_column).kind is not Kind.DATETIME:  # type: ignore[arg-type]
+            return pa.array(np.array([np.nan if t is None else float(t) for t in times], dtype=np.float64))
+        if all(t is None or (isinstance(t, datetime) and t.tzinfo is None) for t in times):
+            return pa.array(times, pa.timestamp("us"))
+        values = pd.to_datetime(pd.Series(times, dtype=object), errors="coerce", utc=True).dt.tz_convert(None)
+        return pa.array(values.to_numpy(dtype="datetime64[us]"), pa.timestamp("us"))
+
+    def _shadow_predictions(self, items: list[Any], counts: np.ndarray, version: str) -> np.ndarray:
         """A shadow model's prediction per row (null on rows served before it was scored)."""
         parts = []
         for item, n in zip(items, counts):
@@ -237,9 +272,17 @@ class RequestLog(ParquetWindows):
             else:
                 parts.append(np.asarray(prediction_columns(out, self.schema)["prediction"], dtype=object))
         values = np.concatenate(parts)
-        return values if self.schema.task.is_classification else values.astype(np.float64)
+        if self.schema.task.is_classification:
+            return np.array([None if v is None else str(v) for v in values], dtype=object)
+        return values.astype(np.float64)
 
 
+CHUNK_REQUESTS = 256
+"""Requests the request path turns into one record batch at a time (sooner when they hold `CHUNK_ROWS`
+records): the writer thread then holds the interpreter only to join batches; decoding a whole window in
+it held the interpreter for hundreds of milliseconds under load, and the requests arriving meanwhile
+waited (the service's p99)."""
+CHUNK_ROWS = 4_096
 MISSING_COLUMN = "missing_features"
 """Per row, the features whose value was absent (and filled), as a bit mask in the schema's numeric then
 categorical order (`missing_matrix` reads it)."""
@@ -247,12 +290,15 @@ SHADOW_PREFIX = "shadow_"
 """`shadow_<version>`: the prediction of a model scored in shadow beside production on the same record."""
 
 
-def _missing_masks(items: list[Any], counts: list[int], features: int) -> list[bytes]:
+def _missing_masks(items: list[Any], counts: np.ndarray, features: int) -> pa.Array:
     masks = [
         item[3].missing if item[3].missing is not None else np.zeros((n, features), dtype=bool)
         for item, n in zip(items, counts)
     ]
-    return [row.tobytes() for row in np.packbits(np.concatenate(masks), axis=1)]
+    packed = np.packbits(np.concatenate(masks), axis=1)
+    rows, width = packed.shape
+    offsets = np.arange(0, (rows + 1) * width, width, dtype=np.int32)
+    return pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(packed.tobytes())])
 
 
 def missing_matrix(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
@@ -268,23 +314,11 @@ def missing_matrix(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     return pd.DataFrame(bits, index=frame.index, columns=names)
 
 
-def _arrow_table(frame: pd.DataFrame) -> pa.Table:
-    """The frame as written, every dictionary column with 32-bit indices: one schema for all row groups,
-    whatever number of distinct values each holds."""
-    table = pa.Table.from_pandas(_as_written(frame), preserve_index=False)
-    fields = [
-        pa.field(f.name, pa.dictionary(pa.int32(), f.type.value_type, f.type.ordered), f.nullable, f.metadata)
-        if pa.types.is_dictionary(f.type)
-        else f
-        for f in table.schema
-    ]
-    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
-
-
-def _repeated(values: list[str], counts: list[int]) -> pd.Categorical:
+def _repeated(values: list[str], counts: np.ndarray, single: bool) -> pa.DictionaryArray:
     """One value per request repeated for its records, dictionary-encoded (cheap to build and to store)."""
     codes, uniques = pd.factorize(np.array(values, dtype=object))
-    return pd.Categorical.from_codes(np.repeat(codes, counts), categories=uniques)
+    codes = codes.astype(np.int32)
+    return pa.DictionaryArray.from_arrays(codes if single else np.repeat(codes, counts), pa.array(uniques, pa.string()))
 
 
 # ------------------------------------------------------------------------------------ reading

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -171,8 +170,10 @@ class RecentIds:
 
 MAX_RECORDS = SETTINGS.max_records
 WORKERS = SETTINGS.workers
-# Several workers share the cores: each session gets its share instead of one thread per core each.
-ORT_THREADS = SETTINGS.ort_threads or max(1, (os.cpu_count() or 1) // WORKERS)
+# One thread a session by default: the model runs inline on the event loop's thread, ONNX Runtime's
+# intra-op threads do not make the small tabular graphs faster (benchmarks/README.md) and only contend
+# for the cores with the request path, the request log's writer and the other workers.
+ORT_THREADS = max(1, SETTINGS.ort_threads)
 MODEL_TAG = production_model_tag()
 try:
     FIRST = load_served(MODEL_TAG)

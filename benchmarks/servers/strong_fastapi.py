@@ -2,8 +2,9 @@
 engineer writes for one small model. FastAPI on uvicorn, an `async` POST /predict that validates the raw
 body in one call of pydantic-core's JSON parser against the same schema-derived request model as
 Loopline's service (`request_model`), encodes the records straight into arrays with the same
-`RecordEncoder`, runs the same ONNX Runtime session inline (a sub-millisecond call: a thread hop would
-cost more) and answers with orjson. No request log, no metrics, no tracing.
+`RecordEncoder`, runs the same ONNX Runtime session inline, with the service's session settings (one
+thread unless LOOPLINE_ORT_THREADS says more; a sub-millisecond call: a thread hop would cost more) and
+answers with orjson. No request log, no metrics, no tracing.
 
     LOOPLINE_BENCH_MODEL=registry/versions/<version> \
         uvicorn benchmarks.servers.strong_fastapi:app --host 127.0.0.1 --port 3100
@@ -23,11 +24,12 @@ from loopline.features import RecordEncoder, decode_predictions
 from loopline.request_model import request_model
 from loopline.runtime import onnx_session, run_encoded
 from loopline.schema import load_schema
+from loopline.settings import Settings
 
 MODEL_DIR = Path(os.environ["LOOPLINE_BENCH_MODEL"])
 schema = load_schema(MODEL_DIR / "schema.json")
 PredictBody = request_model(schema, max_records=1024)
-session = onnx_session(MODEL_DIR / "model.onnx")
+session = onnx_session(MODEL_DIR / "model.onnx", threads=Settings.from_env().ort_threads)
 encode = RecordEncoder(schema)
 
 app = FastAPI()

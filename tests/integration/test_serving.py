@@ -250,6 +250,24 @@ def test_valid_json_takes_the_fast_path_and_bentomls_metrics_still_count_every_r
     assert predict_count() >= before + 3
 
 
+def test_the_metrics_middleware_gets_the_same_labelled_children_and_the_fix_is_still_needed() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from serving.bentoml_fixes import LabelledOnce, metrics_looked_up_per_request_upstream
+
+    registry = CollectorRegistry()
+    histogram = Histogram("request_duration_seconds", "d", ["endpoint", "http_response_code"], registry=registry)
+    cached = LabelledOnce(histogram)
+    for code in (200, 200, 400):
+        cached.labels(endpoint="/predict", http_response_code=code).observe(0.01)
+    assert cached.labels(endpoint="/predict", http_response_code=200) is histogram.labels("/predict", "200")
+    text = generate_latest(registry).decode()
+    assert 'request_duration_seconds_count{endpoint="/predict",http_response_code="200"} 2.0' in text
+    assert 'request_duration_seconds_count{endpoint="/predict",http_response_code="400"} 1.0' in text
+    # BentoML 1.4.39 looks the children up on every request; when an upgrade stops doing so, drop fix 4.
+    assert metrics_looked_up_per_request_upstream()
+
+
 def test_with_tracing_off_the_tracing_middleware_is_left_out_and_the_fix_is_still_needed(bike) -> None:
     from serving.bentoml_fixes import tracing_installed_unconditionally_upstream
 

@@ -62,31 +62,43 @@ def test_records_from_many_threads_all_reach_parquet_files_and_close_flushes_the
     assert not list(tmp_path.rglob(".*.tmp"))
 
 
-def test_a_window_larger_than_a_row_group_reads_back_as_one_table(tmp_path) -> None:
-    """Written a row group at a time (the request path gets the interpreter back between them), a
-    window reads back as if decoded at once: a shadow model scored for some requests only, and a model
-    swap in the middle, included."""
-    import pyarrow.parquet as pq
-
-    from serving.request_log import ROW_GROUP_REQUESTS, _as_written, log_files
+def test_a_window_of_many_batches_reads_back_as_recorded(tmp_path) -> None:
+    """The request path batches every CHUNK_REQUESTS requests; a window of several batches and a rest
+    reads back as recorded: requests of several records, a shadow model scored for some requests only
+    (null on the others), and a model swap in the middle."""
+    from serving.request_log import CHUNK_REQUESTS, SHADOW_PREFIX, log_files
 
     log = RequestLog(tmp_path, ACS, flush_seconds=3600)
     encode = RecordEncoder(ACS)
     numeric, categorical = ACS.numeric_features[0], ACS.categorical_features[0]
-    requests = 2 * ROW_GROUP_REQUESTS + 37
+    requests = 2 * CHUNK_REQUESTS + 37
+    shadowed = range(CHUNK_REQUESTS - 2, CHUNK_REQUESTS + 3)  # across a batch boundary
+    expected = []
     for i in range(requests):
-        records = [{numeric.name: float(i), categorical.name: categorical.categories[i % 2]}] * (1 + i % 3)
-        outputs = np.tile([0.3, 0.7], (len(records), 1)) if len(ACS.classes) == 2 else np.full(len(records), 0.4)
-        shadow = {"shadow1": outputs[::-1].copy()} if ROW_GROUP_REQUESTS <= i < ROW_GROUP_REQUESTS + 5 else None
-        log.record(f"r{i}", "v1" if i < requests // 2 else "v2", encode(records), outputs, None, shadow)
-    pending = log._take()
-    expected = _as_written(log._to_frame(pending))
-    log._write(pending)
+        size = 1 + i % 3
+        records = [{numeric.name: float(i), categorical.name: categorical.categories[i % 2]}] * size
+        outputs = np.full(size, 0.25 + 0.5 * (i % 2))  # probability of the second class
+        shadow = {"s1": 1 - outputs} if i in shadowed else None
+        version = "v1" if i < requests // 2 else "v2"
+        log.record(f"r{i}", version, encode(records), outputs, None, shadow)
+        for record in range(size):
+            expected.append(
+                (f"r{i}", record, version, float(i), categorical.categories[i % 2], ACS.classes[i % 2])
+                + ((str(ACS.classes[1 - i % 2]),) if i in shadowed else (None,))
+            )
+    log.close()
+
     [written] = log_files(tmp_path)
-    assert pq.ParquetFile(written).num_row_groups == 3
     got = pd.read_parquet(written)
-    assert list(got.columns) == list(expected.columns) and len(got) == len(expected)
-    for column in expected.columns:
-        assert got[column].astype(object).where(got[column].notna(), None).tolist() == (
-            expected[column].astype(object).where(expected[column].notna(), None).tolist()
-        ), column
+    columns = [
+        "request_id",
+        "record",
+        "model_version",
+        numeric.name,
+        categorical.name,
+        "prediction",
+        SHADOW_PREFIX + "s1",
+    ]
+    rows = got[columns].astype(object).where(got[columns].notna(), None)
+    assert [tuple(row) for row in rows.itertuples(index=False)] == expected
+    assert str(got["served_at"].dtype) == "datetime64[us, UTC]" and got["served_at"].is_monotonic_increasing
