@@ -8,8 +8,7 @@ so is a JSON body to /predict that validates (the fast path: BentoML's middlewar
 sees the request; its API machinery does not); a JSON body that does not validate goes on to BentoML's
 API, which answers it as always. Health, readiness, metrics and the OpenAPI document stay open, so probes
 and scrapers need no key. A 400 from BentoML's input validation (pydantic's error list) is rewritten on
-its way out
-into `{"error": "<summary>", "problems": [{"field": "records[0].temp", "problem": "..."}]}`, and
+its way out into `{"error": "<summary>", "problems": [{"field": "records[0].temp", "problem": "..."}]}`, and
 `quiet_validation_errors` turns BentoML's traceback for each of them into one log line.
 """
 
@@ -30,10 +29,10 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-ARROW_PATH = "/predict"
+PREDICT_PATH = "/predict"
+"""Where an Arrow body, and a JSON body the service's fast path answers, may go."""
 ArrowHandler = Callable[[bytes, dict[bytes, bytes]], tuple[int, bytes, str, list[tuple[bytes, bytes]]]]
 """(body, headers) -> (status, payload, content type, extra headers): the service's Arrow answer."""
-FAST_JSON_PATH = "/predict"
 FastJsonHandler = Callable[
     [bytes, dict[bytes, bytes]], Awaitable[tuple[int, bytes, str, list[tuple[bytes, bytes]]] | None]
 ]
@@ -91,7 +90,7 @@ class RequestGuard:
                 },
                 [(b"www-authenticate", b"Bearer")],
             )
-        arrow = self.arrow is not None and scope["path"] == ARROW_PATH and is_arrow(headers.get(b"content-type"))
+        arrow = self.arrow is not None and scope["path"] == PREDICT_PATH and is_arrow(headers.get(b"content-type"))
         if scope["method"] == "POST" and not arrow and not _is_json(headers.get(b"content-type")):
             return await send_json(send, 415, {"error": "the body must be JSON: send 'Content-Type: application/json'"})
         request_id = headers.get(b"x-request-id")
@@ -125,7 +124,7 @@ class RequestGuard:
         body = b"".join(chunks)
         if arrow and scope["method"] == "POST":
             return await self._answer_arrow(scope, body, headers, send)
-        if self.fast_json is not None and scope["method"] == "POST" and scope["path"] == FAST_JSON_PATH:
+        if self.fast_json is not None and scope["method"] == "POST" and scope["path"] == PREDICT_PATH:
             answer = await self.fast_json(body, headers)
             if answer is not None:  # a valid body, answered; anything else goes on to BentoML's API
                 return await self._send(send, *answer)

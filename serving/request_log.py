@@ -42,8 +42,8 @@ HOST = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostnam
 class ParquetWindows:
     """Items handed to a writer thread, written as one Parquet file per window (see the module doc).
 
-    An item is a DataFrame here; subclasses hand over whatever is cheapest on the request path and turn a
-    whole window of items into one frame in the writer thread (`_to_frame`)."""
+    An item is a DataFrame here, a window's items joined into one frame by `_to_frame`; a subclass hands
+    over whatever is cheapest on the request path and says how a window of it is written (`_write_file`)."""
 
     def __init__(self, directory: Path, flush_seconds: float = 5.0, flush_rows: int = 100_000) -> None:
         self.directory = Path(directory)
@@ -192,38 +192,20 @@ class RequestLog(ParquetWindows):
     def _write_file(self, pending: list[Any], path: Path) -> None:
         """The window's batches as one Parquet file; a shadow model scored for part of the window only
         is null on the other rows."""
-        names = list(dict.fromkeys(name for batch in pending for name in batch.schema.names))
-        fields = {f.name: f for batch in pending for f in batch.schema}
-        schema = pa.schema([fields[name] for name in names])
-        batches = [
-            batch
-            if batch.schema.names == names
-            else pa.RecordBatch.from_arrays(
-                [
-                    batch.column(name) if name in batch.schema.names else pa.nulls(batch.num_rows, fields[name].type)
-                    for name in names
-                ],
-                schema=schema,
-            )
-            for batch in pending
-        ]
-        pq.write_table(pa.Table.from_batches(batches, schema), path)
+        tables = [pa.Table.from_batches([batch]) for batch in pending]
+        pq.write_table(pa.concat_tables(tables, promote_options="default"), path)
 
     def _record_batch(self, items: list[Any]) -> pa.RecordBatch:
         """The requests' rows as one record batch, in the columns of the module doc."""
         counts = np.fromiter((len(item[3]) for item in items), dtype=np.int64, count=len(items))
-        rows = int(counts.sum())
-        single = rows == len(items)  # one record a request: nothing to repeat
         numeric = np.concatenate([item[3].numeric for item in items])
         categorical = np.concatenate([item[3].categorical for item in items])
         served_at = np.array([item[2] for item in items], dtype="datetime64[us]")
         columns: dict[str, pa.Array] = {
-            "request_id": _repeated([item[0] for item in items], counts, single),
-            "record": pa.array(
-                np.zeros(rows, np.int64) if single else np.arange(rows) - np.repeat(np.cumsum(counts) - counts, counts)
-            ),
-            "served_at": pa.array(served_at if single else np.repeat(served_at, counts), pa.timestamp("us", "UTC")),
-            "model_version": _repeated([item[1] for item in items], counts, single),
+            "request_id": _repeated([item[0] for item in items], counts),
+            "record": pa.array(np.arange(len(numeric)) - np.repeat(np.cumsum(counts) - counts, counts)),
+            "served_at": pa.array(np.repeat(served_at, counts), pa.timestamp("us", "UTC")),
+            "model_version": _repeated([item[1] for item in items], counts),
         }
         for col in self.schema.features:  # in the schema's order; a missing category (-1) becomes null
             if col.name in self._numeric_at:
@@ -314,11 +296,10 @@ def missing_matrix(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     return pd.DataFrame(bits, index=frame.index, columns=names)
 
 
-def _repeated(values: list[str], counts: np.ndarray, single: bool) -> pa.DictionaryArray:
+def _repeated(values: list[str], counts: np.ndarray) -> pa.DictionaryArray:
     """One value per request repeated for its records, dictionary-encoded (cheap to build and to store)."""
     codes, uniques = pd.factorize(np.array(values, dtype=object))
-    codes = codes.astype(np.int32)
-    return pa.DictionaryArray.from_arrays(codes if single else np.repeat(codes, counts), pa.array(uniques, pa.string()))
+    return pa.DictionaryArray.from_arrays(np.repeat(codes.astype(np.int32), counts), pa.array(uniques, pa.string()))
 
 
 # ------------------------------------------------------------------------------------ reading
