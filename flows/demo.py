@@ -124,17 +124,24 @@ class Client:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"{}")
 
-    def wait_for(self, version: str | None = None, timeout: float = 120) -> str:
+    def wait_for(self, version: str | None = None, shadows: list[str] | None = None, timeout: float = 120) -> str:
+        """Until the service serves `version` (any model when None) and, when given, scores exactly
+        `shadows` beside it; the model it serves."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 status, info = self.call("/metadata")
-                if status == 200 and (version is None or info["model_version"] == version):
+                if (
+                    status == 200
+                    and (version is None or info["model_version"] == version)
+                    and (shadows is None or info["shadow_versions"] == sorted(shadows))
+                ):
                     return info["model_version"]
             except OSError:
                 pass
             time.sleep(0.25)
-        raise TimeoutError(f"the service did not serve {version or 'a model'} within {timeout:.0f} s")
+        wanted = f"{version or 'a model'}" + (f" with {sorted(shadows)} in shadow" if shadows is not None else "")
+        raise TimeoutError(f"the service did not serve {wanted} within {timeout:.0f} s")
 
 
 def start_service(project: Path, log: Path) -> tuple[subprocess.Popen, Client]:
@@ -326,6 +333,10 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
             timing = check_week(client, week, (real_start, datetime.now(timezone.utc)), onset)
             if timing:
                 timings.append(timing)
+            # The next week is served as the registry now says: its shadow models scored from the first
+            # request (the service picks them up within a poll; the evidence for a promotion is theirs).
+            registry = Registry.for_project(project)
+            client.wait_for(registry.production(), list(registry.shadows()))
             print(
                 f"[{time.monotonic() - clock:5.0f} s] week {index} from {week_start.date()}: {week.verdict}"
                 f"{' - ' + ', '.join(week.events) if week.events else ''} (production was {before[:8]})"
